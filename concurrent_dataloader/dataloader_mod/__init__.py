@@ -1,0 +1,1 @@
+"""Import paths of the original project (``concurrent_dataloader.dataloader_mod.*``): re-exports only."""

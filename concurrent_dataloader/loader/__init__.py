@@ -1,0 +1,14 @@
+"""The concurrent DataLoader: worker loop, fetchers, batch pool and the fetch/decode protocol."""
+
+from .config import FETCH_IMPLS, FetchConfig
+from .dataloader import DataLoader
+from .fetchers import AsyncioFetcher, BatchHandle, SampleFetcher, ThreadedFetcher, make_fetcher
+from .getitems import ConcurrentGetitems, ConcurrentGetitemsMixin, concurrent_getitems
+from .protocol import ConcurrentDataset, SupportsFetchDecode, is_fetch_decode
+from .worker import _worker_loop
+
+__all__ = [
+    "FETCH_IMPLS", "FetchConfig", "DataLoader", "AsyncioFetcher", "BatchHandle", "SampleFetcher",
+    "ThreadedFetcher", "make_fetcher", "ConcurrentGetitems", "ConcurrentGetitemsMixin",
+    "concurrent_getitems", "ConcurrentDataset", "SupportsFetchDecode", "is_fetch_decode", "_worker_loop",
+]

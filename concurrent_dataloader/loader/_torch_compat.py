@@ -1,0 +1,189 @@
+"""The ONLY module that touches private torch DataLoader internals.
+
+Everything here was checked against torch 2.14.1 (``torch/utils/data/dataloader.py`` and
+``_utils/worker.py``). ``tests/test_torch_compat.py`` asserts each assumption, so a torch
+upgrade that renames or reshapes one fails loudly there instead of misbehaving at run time.
+
+What we rely on:
+
+* ``_utils.worker._worker_loop``'s parameter names (bound by name, never by position);
+* the worker loop calls ``torch.utils.data._DatasetKind.create_fetcher(kind, dataset,
+  auto_collation, collate_fn, drop_last)`` after ``worker_init_fn`` and on every
+  ``_ResumeIteration``, and uses the fetcher's ``fetch(index)``;
+* the worker loop reads its index queue with ``get(timeout=...)`` and handles ``None`` and
+  ``_ResumeIteration`` control messages;
+* ``_MultiProcessingDataLoaderIter.__init__(loader)`` reads ``loader.prefetch_factor``,
+  ``loader.worker_init_fn`` and ``loader.multiprocessing_context`` (whose ``Process`` it calls
+  with ``target=_utils.worker._worker_loop``);
+* ``_SingleProcessDataLoaderIter`` exposes ``_next_index``, ``_collate_fn``,
+  ``_auto_collation``, ``_pin_memory`` and ``_pin_memory_device``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import inspect
+import multiprocessing
+from typing import Any, Callable, Iterator
+
+import torch
+import torch.utils.data as tud
+from torch.utils.data import _utils as _tud_utils
+from torch.utils.data import dataloader as _tud_dataloader
+from torch.utils.data._utils import worker as _tud_worker
+
+from .config import FetchConfig, InitFnWithConfig
+from .fetchers import SampleFetcher
+from .pipeline import PipelineFetcher, ReadAhead, ReadAheadIndexQueue
+
+__all__ = [
+    "TORCH_WORKER_LOOP",
+    "WORKER_LOOP_PARAMS",
+    "bind_worker_args",
+    "is_map_style",
+    "is_control_message",
+    "override_map_fetcher",
+    "ConcurrentSingleProcessIter",
+    "ConcurrentMultiProcessingIter",
+]
+
+# Captured at import, before anybody can monkeypatch it with ours.
+TORCH_WORKER_LOOP: Callable[..., None] = _tud_worker._worker_loop
+if getattr(TORCH_WORKER_LOOP, "__module__", "").startswith("concurrent_dataloader"):
+    raise ImportError("torch's _worker_loop was replaced before concurrent_dataloader was imported")
+
+WORKER_LOOP_PARAMS: tuple[str, ...] = tuple(inspect.signature(TORCH_WORKER_LOOP).parameters)
+# The parameters our worker loop reads; test_torch_compat checks they still exist.
+REQUIRED_WORKER_PARAMS = ("dataset_kind", "dataset_holder", "index_queue", "auto_collation",
+                          "collate_fn", "init_fn")
+
+_DatasetKind = _tud_dataloader._DatasetKind
+_ResumeIteration = _tud_worker._ResumeIteration
+
+
+def bind_worker_args(args: tuple, kwargs: dict) -> inspect.BoundArguments:
+    return inspect.signature(TORCH_WORKER_LOOP).bind(*args, **kwargs)
+
+
+def is_map_style(loader: tud.DataLoader) -> bool:
+    return loader._dataset_kind == _DatasetKind.Map
+
+
+def is_map_kind(dataset_kind: Any) -> bool:
+    return dataset_kind == _DatasetKind.Map
+
+
+def is_control_message(item: Any) -> bool:
+    return item is None or isinstance(item, _ResumeIteration)
+
+
+@contextlib.contextmanager
+def override_map_fetcher(dataset: Any, make: Callable[[], PipelineFetcher]) -> Iterator[None]:
+    """Inside a worker process: make torch's loop use our fetcher for ``dataset``.
+
+    NOTE: patches a class attribute of this (worker) process only, and restores it on exit.
+    Any other dataset (e.g. a nested DataLoader) still gets torch's own fetcher.
+    """
+    original = _DatasetKind.create_fetcher
+
+    def create_fetcher(kind, ds, auto_collation, collate_fn, drop_last):
+        if ds is dataset and kind == _DatasetKind.Map:
+            return make()
+        return original(kind, ds, auto_collation, collate_fn, drop_last)
+
+    _DatasetKind.create_fetcher = staticmethod(create_fetcher)
+    try:
+        yield
+    finally:
+        _DatasetKind.create_fetcher = staticmethod(original)
+
+
+class ConcurrentSingleProcessIter(_tud_dataloader._SingleProcessDataLoaderIter):
+    """num_workers=0: the fetchers run in the main process with the same read-ahead."""
+
+    def __init__(self, loader: tud.DataLoader, fetcher: SampleFetcher, batch_pool: int) -> None:
+        super().__init__(loader)
+        self._batch_pool = batch_pool
+        self._read_ahead = ReadAhead(fetcher, self._auto_collation, self._collate_fn)
+        self._exhausted = False
+
+    def _reset(self, loader, first_iter=False) -> None:
+        super()._reset(loader, first_iter)
+        if hasattr(self, "_read_ahead"):
+            self._read_ahead.clear()
+        self._exhausted = False
+
+    def _next_data(self) -> Any:
+        while not self._exhausted and len(self._read_ahead) < self._batch_pool:
+            try:
+                self._read_ahead.submit(self._next_index())
+            except StopIteration:
+                self._exhausted = True
+        if not len(self._read_ahead):
+            raise StopIteration
+        data = self._read_ahead.take()
+        if self._pin_memory:
+            data = _tud_utils.pin_memory.pin_memory(data, self._pin_memory_device)
+        return data
+
+    def __del__(self) -> None:
+        read_ahead = getattr(self, "_read_ahead", None)
+        if read_ahead is not None:
+            read_ahead.clear()
+
+
+class _ContextProxy:
+    """A multiprocessing context whose ``Process`` runs our worker loop instead of torch's."""
+
+    def __init__(self, context: Any, worker_loop: Callable[..., None]) -> None:
+        self._context = context
+        self._worker_loop = worker_loop
+
+    def Process(self, *args: Any, target: Any = None, **kwargs: Any) -> multiprocessing.process.BaseProcess:
+        if target is _tud_worker._worker_loop or target is TORCH_WORKER_LOOP:
+            target = self._worker_loop
+        return self._context.Process(*args, target=target, **kwargs)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._context, name)
+
+
+class _LoaderView:
+    """The loader as ``_MultiProcessingDataLoaderIter.__init__`` should see it: same object,
+    except a larger ``prefetch_factor``, our config riding in ``worker_init_fn``, and the
+    context proxy. Nothing on the real loader is mutated."""
+
+    def __init__(self, loader: tud.DataLoader, overrides: dict[str, Any]) -> None:
+        object.__setattr__(self, "_loader", loader)
+        object.__setattr__(self, "_overrides", overrides)
+
+    def __getattr__(self, name: str) -> Any:
+        overrides = object.__getattribute__(self, "_overrides")
+        if name in overrides:
+            return overrides[name]
+        return getattr(object.__getattribute__(self, "_loader"), name)
+
+
+class ConcurrentMultiProcessingIter(_tud_dataloader._MultiProcessingDataLoaderIter):
+    def __init__(self, loader: tud.DataLoader, config: FetchConfig, worker_loop: Callable[..., None]) -> None:
+        context = loader.multiprocessing_context or torch.multiprocessing
+        view = _LoaderView(loader, {
+            # Stock torch sends each worker only prefetch_factor batches; our workers need
+            # batch_pool of them to keep that many in flight.
+            "prefetch_factor": max(loader.prefetch_factor or 2, config.batch_pool),
+            "worker_init_fn": InitFnWithConfig(loader.worker_init_fn, config),
+            "multiprocessing_context": _ContextProxy(context, worker_loop),
+        })
+        super().__init__(view)
+
+
+def shutdown_persistent_iterator(loader: tud.DataLoader) -> None:
+    """Stop the workers a persistent-workers loader keeps between epochs."""
+    iterator = loader.__dict__.get("_iterator")
+    if iterator is not None and hasattr(iterator, "_shutdown_workers"):
+        iterator._shutdown_workers()
+    loader._iterator = None
+
+
+def make_worker_index_queue(index_queue: Any, batch_pool: int) -> ReadAheadIndexQueue:
+    return ReadAheadIndexQueue(index_queue, batch_pool, is_control_message)

@@ -1,0 +1,245 @@
+"""Per-process engines that load the samples of whole batches concurrently.
+
+``make_fetcher(dataset, config)`` returns a :class:`ThreadedFetcher` or an
+:class:`AsyncioFetcher`. ``submit(indices)`` starts every sample of a batch and returns a
+:class:`BatchHandle`; ``handle.result()`` waits and returns the samples in index order.
+
+NOTE (fork safety): an engine owns threads (and, for asyncio, an event loop). Threads do not
+survive fork, so an engine is created inside the process that uses it (the worker loop builds
+its own after the fork) and is never pickled.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures as cf
+import os
+import threading
+import warnings
+import weakref
+from typing import Any, Callable, Sequence
+
+from torch.utils.data import Subset
+
+from ..errors import annotate_sample_error
+from .config import FetchConfig
+from .protocol import describe_index, is_fetch_decode
+
+__all__ = ["BatchHandle", "SampleFetcher", "ThreadedFetcher", "AsyncioFetcher", "make_fetcher", "new_event_loop"]
+
+# Decoding is CPU-bound; a few threads are enough because PIL/numpy release the GIL.
+_DECODE_THREADS = max(1, min(4, os.cpu_count() or 1))
+_uvloop_warned = False
+
+
+def new_event_loop() -> asyncio.AbstractEventLoop:
+    """A uvloop loop when uvloop is installed; plain asyncio with one warning per process otherwise."""
+    global _uvloop_warned
+    try:
+        import uvloop
+    except ImportError:
+        if not _uvloop_warned:
+            _uvloop_warned = True
+            warnings.warn("uvloop is not installed; fetch_impl='asyncio' falls back to the stdlib event loop",
+                          RuntimeWarning, stacklevel=3)
+        return asyncio.new_event_loop()
+    return uvloop.new_event_loop()
+
+
+def _resolve(dataset: Any, index: Any) -> tuple[Any, Any]:
+    """See through ``torch.utils.data.Subset`` so a split dataset still loads per sample."""
+    while isinstance(dataset, Subset):
+        index = dataset.indices[index]
+        dataset = dataset.dataset
+    return dataset, index
+
+
+class BatchHandle:
+    """The in-flight samples of one batch."""
+
+    __slots__ = ("indices", "_futures", "_batch_future")
+
+    def __init__(self, indices: Sequence[Any], futures: list[cf.Future] | None = None,
+                 batch_future: cf.Future | None = None) -> None:
+        self.indices = indices
+        self._futures = futures
+        self._batch_future = batch_future
+
+    def result(self, timeout: float | None = None) -> list[Any]:
+        if self._batch_future is not None:
+            return self._batch_future.result(timeout)
+        assert self._futures is not None
+        return [f.result(timeout) for f in self._futures]
+
+    def done(self) -> bool:
+        futures = [self._batch_future] if self._batch_future is not None else self._futures or []
+        return all(f.done() for f in futures)
+
+    def cancel(self) -> None:
+        for f in [self._batch_future] if self._batch_future is not None else self._futures or []:
+            f.cancel()
+
+
+class SampleFetcher:
+    """Common part of both engines: how one sample is loaded, and error context."""
+
+    def __init__(self, dataset: Any, config: FetchConfig) -> None:
+        self.dataset = dataset
+        self.config = config
+        self._closed = False
+
+    def _load_sync(self, index: Any) -> Any:
+        ds, i = _resolve(self.dataset, index)
+        try:
+            if is_fetch_decode(ds):
+                return ds.decode(i, ds.fetch_raw(i))
+            return ds[i]
+        except Exception as exc:
+            raise annotate_sample_error(exc, index, describe_index(ds, i))
+
+    def _batched_getitems(self) -> Callable[[list], list] | None:
+        """A dataset's own ``__getitems__`` (a batched read API) is honoured as one task per batch.
+
+        Our fetch/decode datasets and plain datasets are loaded per sample instead.
+        """
+        ds = self.dataset
+        if isinstance(ds, Subset) or is_fetch_decode(ds) or getattr(ds, "_cdl_per_sample", False):
+            return None
+        getitems = getattr(ds, "__getitems__", None)
+        return getitems if callable(getitems) else None
+
+    def submit(self, indices: Sequence[Any]) -> BatchHandle:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self) -> "SampleFetcher":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _shutdown_pool(pool: cf.ThreadPoolExecutor) -> None:
+    pool.shutdown(wait=False, cancel_futures=True)
+
+
+class ThreadedFetcher(SampleFetcher):
+    def __init__(self, dataset: Any, config: FetchConfig) -> None:
+        super().__init__(dataset, config)
+        self._pool = cf.ThreadPoolExecutor(config.num_fetch_workers, thread_name_prefix="cdl-fetch")
+        # NOTE (shutdown): the finalizer stops the pool even if close() is never called
+        # (e.g. ``del loader`` mid-epoch); it must not reference self.
+        self._finalizer = weakref.finalize(self, _shutdown_pool, self._pool)
+
+    def submit(self, indices: Sequence[Any]) -> BatchHandle:
+        if self._closed:
+            raise RuntimeError("fetcher is closed")
+        getitems = self._batched_getitems()
+        if getitems is not None:
+            return BatchHandle(indices, batch_future=self._pool.submit(getitems, list(indices)))
+        return BatchHandle(indices, [self._pool.submit(self._load_sync, i) for i in indices])
+
+    def close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            self._finalizer()
+            close = getattr(self.dataset, "close_fetch_resources", None)
+            if callable(close):
+                close()
+
+
+def _stop_loop(loop: asyncio.AbstractEventLoop, thread: threading.Thread, pools: list) -> None:
+    async def _cancel_all() -> None:
+        tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    if not loop.is_closed() and thread.is_alive():
+        try:
+            asyncio.run_coroutine_threadsafe(_cancel_all(), loop).result(timeout=5)
+        except Exception:
+            pass
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(timeout=5)
+    for pool in pools:
+        pool.shutdown(wait=False, cancel_futures=True)
+    if not thread.is_alive() and not loop.is_closed():
+        loop.close()
+
+
+class AsyncioFetcher(SampleFetcher):
+    """Runs an event loop in one thread of this process; decode runs in a small thread pool."""
+
+    def __init__(self, dataset: Any, config: FetchConfig) -> None:
+        super().__init__(dataset, config)
+        self._loop = new_event_loop()
+        # Blocking fallbacks (plain __getitem__, default fetch_raw_async) run here: sized to the
+        # fetch concurrency, since the stdlib default executor would silently cap it.
+        self._io_pool = cf.ThreadPoolExecutor(config.num_fetch_workers, thread_name_prefix="cdl-aio-io")
+        self._cpu_pool = cf.ThreadPoolExecutor(_DECODE_THREADS, thread_name_prefix="cdl-decode")
+        self._loop.set_default_executor(self._io_pool)
+        self._sem: asyncio.Semaphore | None = None
+        self._thread = threading.Thread(target=self._loop.run_forever, name="cdl-event-loop", daemon=True)
+        self._thread.start()
+        self._finalizer = weakref.finalize(self, _stop_loop, self._loop, self._thread, [self._io_pool, self._cpu_pool])
+
+    async def _load(self, index: Any) -> Any:
+        ds, i = _resolve(self.dataset, index)
+        loop = asyncio.get_running_loop()
+        sem = self._sem_or_new()
+        try:
+            if not is_fetch_decode(ds):
+                async with sem:
+                    return await loop.run_in_executor(self._io_pool, ds.__getitem__, i)
+            async with sem:
+                raw = await ds.fetch_raw_async(i)
+            # NOTE: decode is CPU work and never runs on this (the event-loop) thread.
+            return await loop.run_in_executor(self._cpu_pool, ds.decode, i, raw)
+        except Exception as exc:
+            raise annotate_sample_error(exc, index, describe_index(ds, i))
+
+    async def _load_batch(self, indices: Sequence[Any]) -> list[Any]:
+        results = await asyncio.gather(*(self._load(i) for i in indices), return_exceptions=True)
+        for r in results:  # the first failure *by position*, so errors are deterministic
+            if isinstance(r, BaseException):
+                raise r
+        return results
+
+    async def _getitems(self, getitems: Callable[[list], list], indices: Sequence[Any]) -> list[Any]:
+        async with self._sem_or_new():
+            return await asyncio.get_running_loop().run_in_executor(self._io_pool, getitems, list(indices))
+
+    def _sem_or_new(self) -> asyncio.Semaphore:
+        if self._sem is None:
+            self._sem = asyncio.Semaphore(self.config.num_fetch_workers)
+        return self._sem
+
+    def submit(self, indices: Sequence[Any]) -> BatchHandle:
+        if self._closed:
+            raise RuntimeError("fetcher is closed")
+        getitems = self._batched_getitems()
+        coro = self._getitems(getitems, indices) if getitems is not None else self._load_batch(indices)
+        return BatchHandle(indices, batch_future=asyncio.run_coroutine_threadsafe(coro, self._loop))
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        aclose = getattr(self.dataset, "aclose_fetch_resources", None)
+        if callable(aclose) and self._thread.is_alive():
+            try:
+                asyncio.run_coroutine_threadsafe(aclose(), self._loop).result(timeout=5)
+            except Exception:
+                pass
+        self._finalizer()
+        close = getattr(self.dataset, "close_fetch_resources", None)
+        if callable(close):
+            close()
+
+
+def make_fetcher(dataset: Any, config: FetchConfig) -> SampleFetcher:
+    cls = AsyncioFetcher if config.fetch_impl == "asyncio" else ThreadedFetcher
+    return cls(dataset, config)

@@ -1,0 +1,87 @@
+"""Concurrency for the stock ``torch.utils.data.DataLoader`` through its public ``__getitems__`` hook.
+
+torch's map-style fetcher calls ``dataset.__getitems__(indices)`` for each batch when the
+dataset defines it. These helpers define it so that the batch's samples load concurrently,
+without our DataLoader. Batches are still handled one at a time per worker (no batch pool).
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Sequence
+
+from torch.utils.data import Dataset
+
+from .config import FetchConfig
+from .fetchers import SampleFetcher, make_fetcher
+from .protocol import is_fetch_decode
+
+__all__ = ["ConcurrentGetitemsMixin", "ConcurrentGetitems", "concurrent_getitems"]
+
+
+class ConcurrentGetitemsMixin:
+    """Mix into a map-style dataset to get a concurrent ``__getitems__``.
+
+    Set ``num_fetch_workers`` / ``fetch_impl`` as class or instance attributes.
+
+    NOTE (fork safety): the fetch engine is created lazily per process (keyed on the pid) and
+    dropped when pickled, so workers under fork and spawn each build their own.
+    """
+
+    num_fetch_workers: int = 16
+    fetch_impl: str = "threaded"
+    # Our own fetchers load this dataset per sample instead of calling __getitems__.
+    _cdl_per_sample = True
+
+    def _cdl_fetcher(self) -> SampleFetcher:
+        state = self.__dict__.get("_cdl_fetcher_state")
+        if state is None or state[0] != os.getpid():
+            config = FetchConfig(num_fetch_workers=self.num_fetch_workers, fetch_impl=self.fetch_impl)
+            state = (os.getpid(), make_fetcher(self._cdl_target(), config))
+            self.__dict__["_cdl_fetcher_state"] = state
+        return state[1]
+
+    def _cdl_target(self) -> Any:
+        return self
+
+    def __getitems__(self, indices: Sequence[int]) -> list:
+        return self._cdl_fetcher().submit(list(indices)).result()
+
+    def close_getitems(self) -> None:
+        state = self.__dict__.pop("_cdl_fetcher_state", None)
+        if state is not None and state[0] == os.getpid():
+            state[1].close()
+
+    def __getstate__(self) -> dict:
+        state = dict(self.__dict__)
+        state.pop("_cdl_fetcher_state", None)
+        return state
+
+
+class ConcurrentGetitems(ConcurrentGetitemsMixin, Dataset):
+    """Wraps any map-style dataset; ``__getitem__``/``__len__`` and the fetch/decode methods delegate."""
+
+    def __init__(self, dataset: Any, num_fetch_workers: int = 16, fetch_impl: str = "threaded") -> None:
+        FetchConfig(num_fetch_workers=num_fetch_workers, fetch_impl=fetch_impl)  # validate early
+        self.dataset = dataset
+        self.num_fetch_workers = num_fetch_workers
+        self.fetch_impl = fetch_impl
+
+    def _cdl_target(self) -> Any:
+        return self.dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int) -> Any:
+        return self.dataset[index]
+
+    def __getattr__(self, name: str) -> Any:
+        if name == "dataset":  # not yet set (during unpickling)
+            raise AttributeError(name)
+        return getattr(self.dataset, name)
+
+
+def concurrent_getitems(dataset: Any, num_fetch_workers: int = 16, fetch_impl: str = "threaded") -> ConcurrentGetitems:
+    """Return ``dataset`` wrapped so that the stock torch DataLoader loads each batch concurrently."""
+    return ConcurrentGetitems(dataset, num_fetch_workers=num_fetch_workers, fetch_impl=fetch_impl)
