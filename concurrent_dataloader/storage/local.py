@@ -1,0 +1,83 @@
+"""Local or network-filesystem ("scratch") store: plain reads for threads, aiofiles for asyncio."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Iterator
+
+from .base import ByteRange, ByteStore, register_store
+
+__all__ = ["LocalStore"]
+
+
+class LocalStore(ByteStore):
+    def __init__(self, root: str | os.PathLike = "") -> None:
+        self.root = Path(root) if str(root) else Path()
+
+    def path(self, key: str) -> Path:
+        return self.root / key
+
+    def get(self, key: str, byte_range: ByteRange | None = None) -> bytes:
+        with open(self.path(key), "rb") as f:
+            if byte_range is None:
+                return f.read()
+            offset, length = byte_range
+            f.seek(offset)
+            data = f.read(length)
+        if len(data) != length:
+            raise EOFError(f"{self.path(key)}: wanted {length} bytes at offset {offset}, file has only {len(data)}")
+        return data
+
+    async def aget(self, key: str, byte_range: ByteRange | None = None) -> bytes:
+        import aiofiles
+
+        async with aiofiles.open(self.path(key), "rb") as f:
+            if byte_range is None:
+                return await f.read()
+            offset, length = byte_range
+            await f.seek(offset)
+            data = await f.read(length)
+        if len(data) != length:
+            raise EOFError(f"{self.path(key)}: wanted {length} bytes at offset {offset}, file has only {len(data)}")
+        return data
+
+    def list(self, prefix: str = "") -> Iterator[str]:
+        base = self.root
+        keys = []
+        for dirpath, _, files in os.walk(base):
+            for name in files:
+                rel = os.path.relpath(os.path.join(dirpath, name), base).replace(os.sep, "/")
+                if rel.startswith(prefix):
+                    keys.append(rel)
+        return iter(sorted(keys))
+
+    def put(self, key: str, data: bytes) -> None:
+        """Atomic: a temp file in the same directory, then a rename."""
+        target = self.path(key)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+            os.replace(tmp, target)
+        except BaseException:
+            os.unlink(tmp)
+            raise
+
+    def size(self, key: str) -> int:
+        return self.path(key).stat().st_size
+
+    def describe(self, key: str) -> str:
+        return str(self.path(key))
+
+    def __repr__(self) -> str:
+        return f"LocalStore({str(self.root)!r})"
+
+
+def _from_url(url: str, **options: Any) -> LocalStore:
+    return LocalStore(url[len("file://"):] if url.startswith("file://") else url, **options)
+
+
+register_store("file", _from_url)
