@@ -1,0 +1,209 @@
+"""Bounded, jittered exponential backoff for transient storage errors, with counters.
+
+Why our own retry loop instead of botocore's: botocore retries inside the client, so the
+caller cannot count attempts, and aiobotocore and botocore would each need configuring. The
+S3 store turns botocore's retries off (``total_max_attempts=1``) and wraps every request
+(including reading the response body, where connection resets actually happen) in
+:meth:`RetryPolicy.call` / :meth:`RetryPolicy.acall`, so every attempt shows up in
+:class:`RetryCounters`.
+
+What is retried: throttling (HTTP 429, ``SlowDown``, ``Throttling``...), server errors (HTTP
+5xx, ``InternalError``...), and connection errors (reset, refused, timeouts, a body cut short).
+Everything else (missing key, access denied, bad request) fails at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any, Awaitable, Callable, TypeVar
+
+__all__ = ["RetryPolicy", "RetryCounters", "classify_error", "THROTTLE_CODES", "SERVER_ERROR_CODES"]
+
+T = TypeVar("T")
+
+THROTTLE_CODES = frozenset({
+    "SlowDown", "Throttling", "ThrottlingException", "ThrottledException", "RequestThrottled",
+    "RequestThrottledException", "TooManyRequestsException", "RequestLimitExceeded",
+    "ProvisionedThroughputExceededException", "BandwidthLimitExceeded", "EC2ThrottledException",
+})
+SERVER_ERROR_CODES = frozenset({
+    "InternalError", "InternalFailure", "ServiceUnavailable", "RequestTimeout", "RequestTimeoutException",
+    "PriorConnectionError",
+})
+
+
+def _client_error_info(exc: BaseException) -> tuple[str, int | None] | None:
+    response = getattr(exc, "response", None)
+    if not isinstance(response, dict):
+        return None
+    code = str((response.get("Error") or {}).get("Code") or "")
+    status = (response.get("ResponseMetadata") or {}).get("HTTPStatusCode")
+    return code, status if isinstance(status, int) else None
+
+
+def _connection_error_types() -> tuple[type[BaseException], ...]:
+    types: list[type[BaseException]] = [ConnectionError, TimeoutError, asyncio.TimeoutError]
+    try:
+        from botocore import exceptions as be
+
+        types += [be.ConnectionError, be.HTTPClientError, be.ResponseStreamingError, be.IncompleteReadError,
+                  be.ReadTimeoutError, be.ConnectTimeoutError]
+    except ImportError:  # botocore is an optional extra
+        pass
+    try:
+        import aiohttp
+
+        types += [aiohttp.ClientConnectionError, aiohttp.ClientPayloadError, aiohttp.ServerDisconnectedError]
+    except ImportError:
+        pass
+    try:
+        from urllib3 import exceptions as ue
+
+        types += [ue.ProtocolError, ue.ReadTimeoutError]
+    except ImportError:
+        pass
+    return tuple(types)
+
+
+_CONN_TYPES: tuple[type[BaseException], ...] | None = None
+
+
+def classify_error(exc: BaseException) -> str | None:
+    """``"throttle"``, ``"server"``, ``"connection"`` for retryable errors, ``None`` for the rest."""
+    global _CONN_TYPES
+    info = _client_error_info(exc)
+    if info is not None:
+        code, status = info
+        if code in THROTTLE_CODES or status == 429:
+            return "throttle"
+        if code in SERVER_ERROR_CODES or (status is not None and 500 <= status <= 599):
+            return "server"
+        return None
+    if _CONN_TYPES is None:
+        _CONN_TYPES = _connection_error_types()
+    if isinstance(exc, _CONN_TYPES):
+        return "connection"
+    return None
+
+
+class RetryCounters:
+    """Per-process, thread-safe counts of attempts and retries by cause.
+
+    NOTE: counters live in one process. Each DataLoader worker has its own copy (they are
+    reset when a store is pickled to a worker); aggregate them yourself if you need totals.
+    """
+
+    FIELDS = ("attempts", "retries", "throttled", "server_errors", "connection_errors", "gave_up")
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._counts = dict.fromkeys(self.FIELDS, 0)
+
+    def add(self, name: str, n: int = 1) -> None:
+        with self._lock:
+            self._counts[name] += n
+
+    def snapshot(self) -> dict[str, int]:
+        with self._lock:
+            return dict(self._counts)
+
+    def reset(self) -> None:
+        with self._lock:
+            self._counts = dict.fromkeys(self.FIELDS, 0)
+
+    def __getattr__(self, name: str) -> int:
+        if name in RetryCounters.FIELDS:
+            return self.snapshot()[name]
+        raise AttributeError(name)
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__init__()
+
+    def __repr__(self) -> str:
+        return f"RetryCounters({self.snapshot()})"
+
+
+_CAUSE_FIELD = {"throttle": "throttled", "server": "server_errors", "connection": "connection_errors"}
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """How often and how long to retry a transient failure.
+
+    max_attempts
+        Total attempts including the first (1 = never retry).
+    base_delay, max_delay
+        Backoff before retry ``n`` (1-based) is drawn uniformly from
+        ``[0, min(max_delay, base_delay * multiplier ** (n - 1))]`` ("full jitter"), so many
+        workers throttled at once do not retry in lockstep.
+    """
+
+    max_attempts: int = 5
+    base_delay: float = 0.1
+    max_delay: float = 5.0
+    multiplier: float = 2.0
+    classify: Callable[[BaseException], str | None] = field(default=classify_error, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        from ..errors import ConfigError
+
+        if isinstance(self.max_attempts, bool) or not isinstance(self.max_attempts, int) or self.max_attempts < 1:
+            raise ConfigError(f"RetryPolicy.max_attempts must be an int >= 1, got {self.max_attempts!r}")
+        if self.base_delay < 0 or self.max_delay < 0 or self.multiplier < 1:
+            raise ConfigError("RetryPolicy delays must be >= 0 and multiplier >= 1, got "
+                              f"base_delay={self.base_delay}, max_delay={self.max_delay}, multiplier={self.multiplier}")
+
+    def backoff(self, retry_number: int) -> float:
+        cap = min(self.max_delay, self.base_delay * self.multiplier ** max(0, retry_number - 1))
+        return random.uniform(0.0, cap)
+
+    def _should_retry(self, exc: BaseException, attempt: int, counters: RetryCounters | None) -> bool:
+        cause = self.classify(exc)
+        if cause is None:
+            return False
+        if counters is not None:
+            counters.add(_CAUSE_FIELD[cause])
+        if attempt >= self.max_attempts:
+            if counters is not None:
+                counters.add("gave_up")
+            exc.add_note(f"gave up after {attempt} attempt(s) ({cause} errors); "
+                         f"RetryPolicy(max_attempts={self.max_attempts})")
+            return False
+        if counters is not None:
+            counters.add("retries")
+        return True
+
+    def call(self, fn: Callable[[], T], counters: RetryCounters | None = None) -> T:
+        """Run ``fn()`` until it succeeds, fails permanently, or attempts run out."""
+        attempt = 0
+        while True:
+            attempt += 1
+            if counters is not None:
+                counters.add("attempts")
+            try:
+                return fn()
+            except Exception as exc:
+                if not self._should_retry(exc, attempt, counters):
+                    raise
+            time.sleep(self.backoff(attempt))
+
+    async def acall(self, fn: Callable[[], Awaitable[T]], counters: RetryCounters | None = None) -> T:
+        """The coroutine version of :meth:`call`: ``fn()`` returns a fresh awaitable per attempt."""
+        attempt = 0
+        while True:
+            attempt += 1
+            if counters is not None:
+                counters.add("attempts")
+            try:
+                return await fn()
+            except Exception as exc:
+                if not self._should_retry(exc, attempt, counters):
+                    raise
+            await asyncio.sleep(self.backoff(attempt))

@@ -1,0 +1,467 @@
+"""S3 (and any S3-compatible store: MinIO, Ceph, moto...): botocore for threads, aiobotocore for asyncio.
+
+One GET per object and never a HEAD on the read path; a byte range becomes an HTTP ``Range``
+header. Transient failures are retried by :class:`~.retry.RetryPolicy` (botocore's own
+retries are switched off so the counts are real).
+
+NOTE (fork/spawn safety): clients are created lazily in the process that uses them, keyed on
+``os.getpid()``, and are dropped when the store is pickled. A forked worker therefore never
+touches its parent's sockets, and a spawned worker builds its own clients on first use.
+Async clients are also keyed on the running event loop, because an aiohttp session is bound to
+the loop it was created on; :meth:`S3Store.aclose` closes the one of the running loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import threading
+import warnings
+from typing import Any, Iterator
+
+from .base import ByteRange, ByteStore, register_store
+from .retry import RetryCounters, RetryPolicy
+
+__all__ = [
+    "S3Store",
+    "S3Error",
+    "ObjectNotFoundError",
+    "BucketNotFoundError",
+    "S3AccessDeniedError",
+    "parse_s3_url",
+    "mask_access_key",
+    "DEFAULT_MAX_POOL_CONNECTIONS",
+]
+
+DEFAULT_MAX_POOL_CONNECTIONS = 64
+
+# Error codes that mean "these credentials cannot do this".
+_AUTH_CODES = frozenset({
+    "AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "InvalidToken", "ExpiredToken",
+    "InvalidClientTokenId", "AuthorizationHeaderMalformed", "AllAccessDisabled", "403", "Forbidden",
+})
+
+
+class S3Error(OSError):
+    """Base for the S3 errors we translate; ``url`` is ``s3://bucket/key`` (never credentials)."""
+
+    def __init__(self, message: str, url: str | None = None) -> None:
+        super().__init__(message)
+        self.url = url
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else ""
+
+    def __reduce__(self):  # keep url across pickling (worker -> main process)
+        return (type(self), (str(self), self.url))
+
+
+class ObjectNotFoundError(S3Error, FileNotFoundError):
+    """The object does not exist (``NoSuchKey``)."""
+
+
+class BucketNotFoundError(S3Error, FileNotFoundError):
+    """The bucket does not exist (``NoSuchBucket`` / 404 on the bucket)."""
+
+
+class S3AccessDeniedError(S3Error, PermissionError):
+    """Wrong or insufficient credentials. The message masks the access key and never shows the secret."""
+
+
+def parse_s3_url(url: str) -> tuple[str, str]:
+    """``s3://bucket/some/prefix`` -> ``("bucket", "some/prefix")``."""
+    if not url.startswith("s3://"):
+        raise ValueError(f"not an s3:// URL: {url!r}")
+    rest = url[len("s3://"):]
+    bucket, _, key = rest.partition("/")
+    if not bucket:
+        raise ValueError(f"s3 URL has no bucket: {url!r}")
+    return bucket, key
+
+
+def mask_access_key(access_key: str | None) -> str:
+    """Enough of an access key id to tell keys apart in a message, not enough to use it."""
+    if not access_key:
+        return "<default credential chain>"
+    return f"{access_key[:4]}****" if len(access_key) > 8 else "****"
+
+
+# NOTE: one lock per process guards lazy client creation (botocore sessions are not thread-safe
+# to create). A lock held by another thread at fork time would stay locked in the child forever,
+# so the child gets a fresh one.
+_CLIENT_LOCK = threading.Lock()
+
+
+def _reset_lock_after_fork() -> None:
+    global _CLIENT_LOCK
+    _CLIENT_LOCK = threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_reset_lock_after_fork)
+
+
+class S3Store(ByteStore):
+    """Objects of ``bucket`` under ``prefix``; keys passed to :meth:`get` are relative to the prefix.
+
+    max_pool_connections
+        HTTP connections per client. Must be at least the number of concurrent fetches
+        (``num_fetch_workers``): botocore's default of 10 silently caps throughput. A one-time
+        warning is emitted when more requests are in flight than connections.
+    retry
+        A :class:`RetryPolicy`; attempts and retries are counted in :attr:`retry_counters`.
+    addressing_style
+        ``"path"``, ``"virtual"`` or ``None`` (botocore's choice), for S3-compatible servers.
+    """
+
+    def __init__(self, bucket: str, prefix: str = "", *, endpoint_url: str | None = None,
+                 region_name: str | None = None, addressing_style: str | None = None,
+                 aws_access_key_id: str | None = None, aws_secret_access_key: str | None = None,
+                 aws_session_token: str | None = None,
+                 max_pool_connections: int = DEFAULT_MAX_POOL_CONNECTIONS,
+                 retry: RetryPolicy | None = None, connect_timeout: float = 10.0, read_timeout: float = 60.0,
+                 verify: bool | str | None = None, list_page_size: int = 1000) -> None:
+        from ..errors import ConfigError
+
+        if not bucket or "/" in bucket:
+            raise ConfigError(f"invalid S3 bucket name {bucket!r}")
+        if addressing_style not in (None, "auto", "path", "virtual"):
+            raise ConfigError(f"addressing_style must be 'path', 'virtual', 'auto' or None, got {addressing_style!r}")
+        if isinstance(max_pool_connections, bool) or not isinstance(max_pool_connections, int) \
+                or max_pool_connections < 1:
+            raise ConfigError(f"max_pool_connections must be an int >= 1, got {max_pool_connections!r}")
+        if (aws_access_key_id is None) != (aws_secret_access_key is None):
+            raise ConfigError("give both aws_access_key_id and aws_secret_access_key, or neither "
+                              "(to use the default credential chain)")
+        self.bucket = bucket
+        self.prefix = prefix.lstrip("/")
+        self.endpoint_url = endpoint_url
+        self.region_name = region_name
+        self.addressing_style = addressing_style
+        self.max_pool_connections = max_pool_connections
+        self.retry = retry if retry is not None else RetryPolicy()
+        self.connect_timeout = connect_timeout
+        self.read_timeout = read_timeout
+        self.verify = verify
+        self.list_page_size = list_page_size
+        # Credentials live in a private dict that repr/describe never touch.
+        self._credentials = {"aws_access_key_id": aws_access_key_id,
+                             "aws_secret_access_key": aws_secret_access_key,
+                             "aws_session_token": aws_session_token}
+        self._init_process_state()
+
+    # ------------------------------------------------------------------ process-local state
+    def _init_process_state(self) -> None:
+        self._pid = os.getpid()
+        self._sync_client: Any = None
+        self._aio_session: Any = None
+        # id(loop) -> (loop, task creating the client); a task so concurrent first calls share one client.
+        self._aio_clients: dict[int, tuple[asyncio.AbstractEventLoop, asyncio.Task]] = {}
+        self.retry_counters = RetryCounters()
+        self._stats_lock = threading.Lock()
+        self._stats = {"requests": 0, "bytes": 0}
+        self._in_flight = 0
+        self._pool_warned = False
+
+    def _check_pid(self) -> None:
+        if self._pid != os.getpid():
+            # NOTE: forked child. The inherited clients' sockets belong to the parent; drop them
+            # without closing (closing could disturb the parent's connections).
+            self._init_process_state()
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        for name in ("_pid", "_sync_client", "_aio_session", "_aio_clients", "retry_counters",
+                     "_stats_lock", "_stats", "_in_flight", "_pool_warned"):
+            state.pop(name, None)
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._init_process_state()
+
+    # ------------------------------------------------------------------ clients
+    def _config_kwargs(self) -> dict[str, Any]:
+        kwargs: dict[str, Any] = {
+            "max_pool_connections": self.max_pool_connections,
+            "connect_timeout": self.connect_timeout,
+            "read_timeout": self.read_timeout,
+            # Our RetryPolicy does the retrying, so every attempt is counted exactly once.
+            "retries": {"total_max_attempts": 1, "mode": "standard"},
+        }
+        if self.addressing_style:
+            kwargs["s3"] = {"addressing_style": self.addressing_style}
+        return kwargs
+
+    def _client_kwargs(self) -> dict[str, Any]:
+        kwargs: dict[str, Any] = {k: v for k, v in self._credentials.items() if v is not None}
+        if self.endpoint_url:
+            kwargs["endpoint_url"] = self.endpoint_url
+        if self.region_name:
+            kwargs["region_name"] = self.region_name
+        if self.verify is not None:
+            kwargs["verify"] = self.verify
+        return kwargs
+
+    @property
+    def client(self) -> Any:
+        """This process's botocore client (thread-safe; shared by all fetch threads)."""
+        self._check_pid()
+        client = self._sync_client
+        if client is None:
+            with _CLIENT_LOCK:
+                if self._sync_client is None:
+                    import botocore.session
+                    from botocore.config import Config
+
+                    session = botocore.session.get_session()
+                    self._sync_client = session.create_client("s3", config=Config(**self._config_kwargs()),
+                                                              **self._client_kwargs())
+                client = self._sync_client
+        return client
+
+    async def _new_aio_client(self) -> Any:
+        from aiobotocore.config import AioConfig
+        from aiobotocore.session import get_session
+
+        if self._aio_session is None:
+            self._aio_session = get_session()
+        ctx = self._aio_session.create_client("s3", config=AioConfig(**self._config_kwargs()), **self._client_kwargs())
+        return await ctx.__aenter__()
+
+    async def aclient(self) -> Any:
+        """The aiobotocore client for this process and the running event loop."""
+        self._check_pid()
+        loop = asyncio.get_running_loop()
+        entry = self._aio_clients.get(id(loop))
+        if entry is None or entry[0] is not loop:
+            # NOTE: all coroutines on this loop run on one thread, so check-then-set is atomic here.
+            entry = (loop, loop.create_task(self._new_aio_client()))
+            self._aio_clients[id(loop)] = entry
+        try:
+            return await asyncio.shield(entry[1])
+        except Exception:
+            if self._aio_clients.get(id(loop)) is entry:
+                del self._aio_clients[id(loop)]
+            raise
+
+    # ------------------------------------------------------------------ helpers
+    def full_key(self, key: str) -> str:
+        if not self.prefix:
+            return key
+        return self.prefix + key if self.prefix.endswith("/") else f"{self.prefix}/{key}"
+
+    def describe(self, key: str) -> str:
+        return f"s3://{self.bucket}/{self.full_key(key)}"
+
+    def _range_kwargs(self, byte_range: ByteRange | None) -> dict[str, str]:
+        if byte_range is None:
+            return {}
+        offset, length = byte_range
+        if offset < 0 or length < 0:
+            raise ValueError(f"invalid byte range offset={offset}, length={length}")
+        return {"Range": f"bytes={offset}-{offset + length - 1}"}
+
+    def _check_length(self, key: str, data: bytes, byte_range: ByteRange | None) -> bytes:
+        if byte_range is not None and len(data) != byte_range[1]:
+            raise EOFError(f"{self.describe(key)}: wanted {byte_range[1]} bytes at offset {byte_range[0]}, "
+                           f"got {len(data)} (object too short)")
+        return data
+
+    def _translate(self, exc: Exception, key: str | None, byte_range: ByteRange | None = None) -> Exception:
+        """Turn a botocore ClientError into an error that names s3://bucket/key and says what is wrong."""
+        response = getattr(exc, "response", None)
+        if not isinstance(response, dict):
+            return exc
+        code = str((response.get("Error") or {}).get("Code") or "")
+        status = (response.get("ResponseMetadata") or {}).get("HTTPStatusCode")
+        where = self.describe(key) if key is not None else f"s3://{self.bucket}/{self.prefix}"
+        endpoint = f" at {self.endpoint_url}" if self.endpoint_url else ""
+        if code == "NoSuchBucket" or (key is None and status == 404):
+            return BucketNotFoundError(f"{where}: bucket {self.bucket!r} does not exist{endpoint}",
+                                       f"s3://{self.bucket}")
+        if code in ("NoSuchKey", "404", "NotFound") or status == 404:
+            return ObjectNotFoundError(f"{where}: no such object{endpoint}", where)
+        if code == "InvalidRange" or status == 416:
+            offset = byte_range[0] if byte_range else "?"
+            return EOFError(f"{where}: byte range starting at {offset} is beyond the end of the object")
+        if code in _AUTH_CODES or status == 403:
+            return S3AccessDeniedError(
+                f"{where}: access denied ({code or status}) for access key "
+                f"{mask_access_key(self._credentials['aws_access_key_id'])}{endpoint}; "
+                "check the credentials (explicit file, environment, ~/.aws) and the bucket policy", where)
+        return exc
+
+    def _begin(self) -> None:
+        with self._stats_lock:
+            self._in_flight += 1
+            over = self._in_flight > self.max_pool_connections and not self._pool_warned
+            if over:
+                self._pool_warned = True
+        if over:
+            warnings.warn(f"more concurrent S3 requests than max_pool_connections={self.max_pool_connections} "
+                          f"for {self!r}; requests queue for a connection. Raise max_pool_connections to at "
+                          "least num_fetch_workers.", RuntimeWarning, stacklevel=4)
+
+    def _end(self, nbytes: int | None) -> None:
+        with self._stats_lock:
+            self._in_flight -= 1
+            if nbytes is not None:
+                self._stats["requests"] += 1
+                self._stats["bytes"] += nbytes
+
+    def stats(self) -> dict[str, int]:
+        """This process's successful GETs and bytes, plus retry counters."""
+        with self._stats_lock:
+            out = dict(self._stats)
+        out.update(self.retry_counters.snapshot())
+        return out
+
+    # ------------------------------------------------------------------ ByteStore
+    def get(self, key: str, byte_range: ByteRange | None = None) -> bytes:
+        if byte_range is not None and byte_range[1] == 0:
+            return b""
+        client = self.client
+        kwargs = dict(Bucket=self.bucket, Key=self.full_key(key), **self._range_kwargs(byte_range))
+
+        def once() -> bytes:
+            body = client.get_object(**kwargs)["Body"]
+            try:
+                return body.read()
+            finally:
+                body.close()
+
+        self._begin()
+        data = None
+        try:
+            data = self.retry.call(once, self.retry_counters)
+        except Exception as exc:
+            translated = self._translate(exc, key, byte_range)
+            if translated is exc:
+                raise
+            raise translated from exc
+        finally:
+            self._end(None if data is None else len(data))
+        return self._check_length(key, data, byte_range)
+
+    async def aget(self, key: str, byte_range: ByteRange | None = None) -> bytes:
+        if byte_range is not None and byte_range[1] == 0:
+            return b""
+        client = await self.aclient()
+        kwargs = dict(Bucket=self.bucket, Key=self.full_key(key), **self._range_kwargs(byte_range))
+
+        async def once() -> bytes:
+            response = await client.get_object(**kwargs)
+            async with response["Body"] as stream:
+                return await stream.read()
+
+        self._begin()
+        data = None
+        try:
+            data = await self.retry.acall(once, self.retry_counters)
+        except Exception as exc:
+            translated = self._translate(exc, key, byte_range)
+            if translated is exc:
+                raise
+            raise translated from exc
+        finally:
+            self._end(None if data is None else len(data))
+        return self._check_length(key, data, byte_range)
+
+    def list(self, prefix: str = "") -> Iterator[str]:
+        """Keys under ``prefix`` (relative to the store's prefix), sorted; ListObjectsV2 with pagination."""
+        client = self.client
+        root = self.full_key("") if self.prefix else ""
+        full = root + prefix
+        keys: list[str] = []
+        token: str | None = None
+        while True:
+            kwargs: dict[str, Any] = {"Bucket": self.bucket, "Prefix": full, "MaxKeys": self.list_page_size}
+            if token:
+                kwargs["ContinuationToken"] = token
+            try:
+                page = self.retry.call(lambda: client.list_objects_v2(**kwargs), self.retry_counters)
+            except Exception as exc:
+                translated = self._translate(exc, None)
+                if translated is exc:
+                    raise
+                raise translated from exc
+            keys.extend(obj["Key"][len(root):] for obj in page.get("Contents", ()))
+            if not page.get("IsTruncated"):
+                break
+            token = page.get("NextContinuationToken")
+            if not token:
+                break
+        return iter(sorted(keys))
+
+    def put(self, key: str, data: bytes) -> None:
+        client = self.client
+        try:
+            self.retry.call(lambda: client.put_object(Bucket=self.bucket, Key=self.full_key(key), Body=data),
+                            self.retry_counters)
+        except Exception as exc:
+            translated = self._translate(exc, key)
+            if isinstance(translated, ObjectNotFoundError):  # a 404 on PUT can only be the bucket
+                translated = BucketNotFoundError(f"s3://{self.bucket}: bucket does not exist", f"s3://{self.bucket}")
+            if translated is exc:
+                raise
+            raise translated from exc
+
+    def size(self, key: str) -> int:
+        client = self.client
+        try:
+            head = self.retry.call(lambda: client.head_object(Bucket=self.bucket, Key=self.full_key(key)),
+                                   self.retry_counters)
+        except Exception as exc:
+            translated = self._translate(exc, key)
+            if translated is exc:
+                raise
+            raise translated from exc
+        return int(head["ContentLength"])
+
+    def check(self) -> None:
+        """Fail early: one HeadBucket to confirm the bucket exists and the credentials are accepted."""
+        client = self.client
+        try:
+            self.retry.call(lambda: client.head_bucket(Bucket=self.bucket), self.retry_counters)
+        except Exception as exc:
+            translated = self._translate(exc, None)
+            if translated is exc:
+                raise
+            raise translated from exc
+
+    def close(self) -> None:
+        """Close this process's sync client. Async clients are closed by :meth:`aclose` on their loop."""
+        self._check_pid()
+        client, self._sync_client = self._sync_client, None
+        if client is not None:
+            client.close()
+        # Async clients whose loop is gone cannot be closed any more; forget them.
+        for loop_id, (loop, _task) in list(self._aio_clients.items()):
+            if loop.is_closed():
+                del self._aio_clients[loop_id]
+
+    async def aclose(self) -> None:
+        """Close the async client bound to the running loop (call it on that loop before it stops)."""
+        self._check_pid()
+        loop = asyncio.get_running_loop()
+        entry = self._aio_clients.pop(id(loop), None)
+        if entry is None or entry[0] is not loop:
+            return
+        try:
+            client = await entry[1]
+        except Exception:
+            return
+        await client.__aexit__(None, None, None)
+
+    def __repr__(self) -> str:
+        endpoint = f", endpoint_url={self.endpoint_url!r}" if self.endpoint_url else ""
+        return f"S3Store('s3://{self.bucket}/{self.prefix}'{endpoint})"
+
+
+def _from_url(url: str, **options: Any) -> S3Store:
+    bucket, prefix = parse_s3_url(url)
+    return S3Store(bucket, prefix, **options)
+
+
+register_store("s3", _from_url)
