@@ -9,6 +9,7 @@ and :class:`~concurrent_dataloader.batchup.accessors.DatasetAccessor` turns any 
 samples of the batch at once with our threaded or asyncio fetchers.
 """
 
-from . import data_source, sampling
+from . import accessors, data_source, sampling, work_pool
+from .accessors import DataSourceDataset, DatasetAccessor
 
-__all__ = ["data_source", "sampling"]
+__all__ = ["data_source", "sampling", "work_pool", "accessors", "DatasetAccessor", "DataSourceDataset"]
