@@ -319,10 +319,9 @@ class CompositeDataSource(AbstractDataSource):
         return self._prepare_batch(tuple(ds.samples_by_indices(ndx) for ds, ndx in zip(self.datasets, indices)))
 
     def batch_indices_iterator(self, batch_size: int, **kwargs: Any) -> Iterator[tuple]:
-        self._require_random_access("batch_indices_iterator method")
+        self._require_random_access("batch_indices_iterator method")  # now, not at the first next()
         iterators = [d.batch_indices_iterator(batch_size, **kwargs) for d in self.datasets]
-        for batch in zip(*iterators):
-            yield self._prepare_index_batch(batch)
+        return (self._prepare_index_batch(batch) for batch in zip(*iterators))
 
 
 ChoiceBatch = collections.namedtuple("ChoiceBatch", ["sample_indices", "ds_index"])
