@@ -20,11 +20,19 @@ from .base import (
     open_converted,
     register_format,
 )
+from .dense_ipc import DenseIpcConverter, DenseIpcReader
+from .dense_memmap import DenseMemmapConverter, DenseMemmapReader
+from .hdf5 import HDF5Converter, HDF5Reader, Hdf5Converter, Hdf5Reader
+from .ipc import IpcConverter, IpcReader
 from .memmap import MemmapConverter, MemmapReader
+from .parquet import ParquetConverter, ParquetReader
+from .tar import TarConverter, TarReader
 
 __all__ = [
     "FORMATS", "FormatSpec", "register_format", "get_format", "open_converted",
     "Converter", "ConverterFixedSize", "ConverterFlexibleSize", "ConvertedReader", "FileWriter",
     "ConversionResult", "OutputExistsError", "ResizeAndConvert",
-    "MemmapConverter", "MemmapReader",
+    "MemmapConverter", "MemmapReader", "HDF5Converter", "HDF5Reader", "Hdf5Converter", "Hdf5Reader",
+    "ParquetConverter", "ParquetReader", "IpcConverter", "IpcReader", "TarConverter", "TarReader",
+    "DenseMemmapConverter", "DenseMemmapReader", "DenseIpcConverter", "DenseIpcReader",
 ]
