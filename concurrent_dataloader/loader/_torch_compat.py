@@ -177,11 +177,13 @@ class ConcurrentMultiProcessingIter(_tud_dataloader._MultiProcessingDataLoaderIt
         super().__init__(view)
 
 
-def shutdown_persistent_iterator(loader: tud.DataLoader) -> None:
-    """Stop the workers a persistent-workers loader keeps between epochs."""
-    iterator = loader.__dict__.get("_iterator")
-    if iterator is not None and hasattr(iterator, "_shutdown_workers"):
-        iterator._shutdown_workers()
+def shutdown_iterator(iterator: Any) -> None:
+    """Stop a multi-process iterator's workers now (idempotent)."""
+    iterator._shutdown_workers()
+
+
+def forget_persistent_iterator(loader: tud.DataLoader) -> None:
+    """Make the next ``iter(loader)`` start fresh workers (persistent_workers keeps one iterator)."""
     loader._iterator = None
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import weakref
 from typing import Any
 
 import torch.utils.data
@@ -36,7 +37,12 @@ class DataLoader(torch.utils.data.DataLoader):
         config = FetchConfig(num_fetch_workers=num_fetch_workers, fetch_impl=fetch_impl, batch_pool=batch_pool)
         super().__init__(dataset, *args, **kwargs)
         self.fetch_config = config
+        # NOTE (shutdown): shared by this loader and its num_workers=0 iterators; it stops its
+        # threads when close() is called or when the last of them is garbage-collected.
         self._main_fetcher: SampleFetcher | None = None
+        # Multi-process iterators still alive, so close() can stop their workers at once
+        # (otherwise they stop when the iterator is garbage-collected, as in torch).
+        self._live_iterators: weakref.WeakSet = weakref.WeakSet()
 
     @property
     def num_fetch_workers(self) -> int:
@@ -58,11 +64,15 @@ class DataLoader(torch.utils.data.DataLoader):
                 self._main_fetcher = make_fetcher(self.dataset, self.fetch_config)
             return _torch_compat.ConcurrentSingleProcessIter(self, self._main_fetcher, self.batch_pool)
         self.check_worker_number_rationality()
-        return _torch_compat.ConcurrentMultiProcessingIter(self, self.fetch_config, _worker_loop)
+        iterator = _torch_compat.ConcurrentMultiProcessingIter(self, self.fetch_config, _worker_loop)
+        self._live_iterators.add(iterator)
+        return iterator
 
     def close(self) -> None:
         """Stop worker processes (persistent ones included) and main-process fetch threads."""
-        _torch_compat.shutdown_persistent_iterator(self)
+        for iterator in list(self.__dict__.get("_live_iterators", ())):
+            _torch_compat.shutdown_iterator(iterator)
+        _torch_compat.forget_persistent_iterator(self)
         fetcher = self.__dict__.get("_main_fetcher")
         if fetcher is not None:
             fetcher.close()
@@ -73,8 +83,3 @@ class DataLoader(torch.utils.data.DataLoader):
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-    def __del__(self) -> None:
-        fetcher = self.__dict__.get("_main_fetcher")
-        if fetcher is not None:
-            fetcher.close()

@@ -121,8 +121,15 @@ class SampleFetcher:
         self.close()
 
 
-def _shutdown_pool(pool: cf.ThreadPoolExecutor) -> None:
+def _release_dataset(dataset: Any) -> None:
+    close = getattr(dataset, "close_fetch_resources", None)
+    if callable(close):
+        close()
+
+
+def _shutdown_pool(pool: cf.ThreadPoolExecutor, dataset: Any) -> None:
     pool.shutdown(wait=False, cancel_futures=True)
+    _release_dataset(dataset)
 
 
 class ThreadedFetcher(SampleFetcher):
@@ -131,7 +138,7 @@ class ThreadedFetcher(SampleFetcher):
         self._pool = cf.ThreadPoolExecutor(config.num_fetch_workers, thread_name_prefix="cdl-fetch")
         # NOTE (shutdown): the finalizer stops the pool even if close() is never called
         # (e.g. ``del loader`` mid-epoch); it must not reference self.
-        self._finalizer = weakref.finalize(self, _shutdown_pool, self._pool)
+        self._finalizer = weakref.finalize(self, _shutdown_pool, self._pool, dataset)
 
     def submit(self, indices: Sequence[Any]) -> BatchHandle:
         if self._closed:
@@ -145,29 +152,48 @@ class ThreadedFetcher(SampleFetcher):
         if not self._closed:
             self._closed = True
             self._finalizer()
-            close = getattr(self.dataset, "close_fetch_resources", None)
-            if callable(close):
-                close()
 
 
-def _stop_loop(loop: asyncio.AbstractEventLoop, thread: threading.Thread, pools: list) -> None:
-    async def _cancel_all() -> None:
-        tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
-        for t in tasks:
-            t.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+async def _cancel_other_tasks() -> None:
+    tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+    for t in tasks:
+        t.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
 
-    if not loop.is_closed() and thread.is_alive():
+
+def _run_loop(loop: asyncio.AbstractEventLoop) -> None:
+    """Thread target: run the loop until stopped, then close it *on this thread*."""
+    asyncio.set_event_loop(loop)
+    try:
+        loop.run_forever()
+        loop.run_until_complete(_cancel_other_tasks())
+        loop.run_until_complete(loop.shutdown_asyncgens())
+    finally:
+        loop.close()
+
+
+def _stop_loop(loop: asyncio.AbstractEventLoop, thread: threading.Thread, pools: list, dataset: Any) -> None:
+    # NOTE (shutdown): this may run on any thread, including the loop's own thread when the
+    # last reference to the fetcher dies inside a callback; then it must not block or join.
+    on_loop_thread = threading.current_thread() is thread
+    if thread.is_alive() and not loop.is_closed():
+        if not on_loop_thread:
+            try:
+                asyncio.run_coroutine_threadsafe(_cancel_other_tasks(), loop).result(timeout=5)
+                aclose = getattr(dataset, "aclose_fetch_resources", None)
+                if callable(aclose):  # async clients are bound to this loop: close them on it
+                    asyncio.run_coroutine_threadsafe(aclose(), loop).result(timeout=5)
+            except Exception:
+                pass
         try:
-            asyncio.run_coroutine_threadsafe(_cancel_all(), loop).result(timeout=5)
-        except Exception:
+            loop.call_soon_threadsafe(loop.stop)
+        except RuntimeError:  # already closed
             pass
-        loop.call_soon_threadsafe(loop.stop)
-        thread.join(timeout=5)
+        if not on_loop_thread:
+            thread.join(timeout=5)
     for pool in pools:
         pool.shutdown(wait=False, cancel_futures=True)
-    if not thread.is_alive() and not loop.is_closed():
-        loop.close()
+    _release_dataset(dataset)
 
 
 class AsyncioFetcher(SampleFetcher):
@@ -182,9 +208,9 @@ class AsyncioFetcher(SampleFetcher):
         self._cpu_pool = cf.ThreadPoolExecutor(_DECODE_THREADS, thread_name_prefix="cdl-decode")
         self._loop.set_default_executor(self._io_pool)
         self._sem: asyncio.Semaphore | None = None
-        self._thread = threading.Thread(target=self._loop.run_forever, name="cdl-event-loop", daemon=True)
+        self._thread = threading.Thread(target=_run_loop, args=(self._loop,), name="cdl-event-loop", daemon=True)
         self._thread.start()
-        self._finalizer = weakref.finalize(self, _stop_loop, self._loop, self._thread, [self._io_pool, self._cpu_pool])
+        self._finalizer = weakref.finalize(self, _stop_loop, self._loop, self._thread, [self._io_pool, self._cpu_pool], dataset)
 
     async def _load(self, index: Any) -> Any:
         ds, i = _resolve(self.dataset, index)
@@ -228,16 +254,7 @@ class AsyncioFetcher(SampleFetcher):
         if self._closed:
             return
         self._closed = True
-        aclose = getattr(self.dataset, "aclose_fetch_resources", None)
-        if callable(aclose) and self._thread.is_alive():
-            try:
-                asyncio.run_coroutine_threadsafe(aclose(), self._loop).result(timeout=5)
-            except Exception:
-                pass
         self._finalizer()
-        close = getattr(self.dataset, "close_fetch_resources", None)
-        if callable(close):
-            close()
 
 
 def make_fetcher(dataset: Any, config: FetchConfig) -> SampleFetcher:
