@@ -27,7 +27,7 @@ from typing import Any, BinaryIO, Callable, Iterator
 from ..errors import DataFormatError
 
 __all__ = ["COMPRESSION_MAGIC", "detect_compression", "safe_member_name", "open_decompressed",
-           "iter_tar_members", "SkippedMembers", "StoreReader", "decompress_all"]
+           "iter_tar_members", "SkippedMembers", "StoreReader", "decompress_all", "check_end_of_archive"]
 
 COMPRESSION_MAGIC: dict[str, bytes] = {
     "gzip": b"\x1f\x8b",
@@ -182,3 +182,17 @@ def iter_tar_members(tar: tarfile.TarFile, archive: str, skipped: SkippedMembers
         if not name:
             continue
         yield name, info
+
+
+def check_end_of_archive(read_at: Callable[[int, int], bytes], offset: int, archive: str, last_member: str) -> None:
+    """Raise unless a zero block (the end-of-archive marker) sits at ``offset``.
+
+    Why: tarfile stops quietly, as if at the end, when a header after the first member is
+    truncated or corrupt. A complete archive has a zero block exactly where it stopped.
+    """
+    block = read_at(offset, 512)
+    if len(block) < 512 or block.count(0) != 512:
+        state = "truncated" if len(block) < 512 else "corrupt"
+        after = f"after member {last_member!r}" if last_member else "near its start"
+        raise DataFormatError(f"{archive}: archive is {state} at byte {offset} {after} "
+                              "(no valid header or end-of-archive marker)")

@@ -38,8 +38,8 @@ from ..errors import ConfigError, DataFormatError
 from ..loader.protocol import ConcurrentDataset
 from ..storage.base import ByteStore, open_store
 from ..storage.local import LocalStore
-from ._tarutil import (CONVERT_HINT, SkippedMembers, StoreReader, decompress_all, detect_compression,
-                       iter_tar_members, safe_member_name)
+from ._tarutil import (CONVERT_HINT, SkippedMembers, StoreReader, check_end_of_archive, decompress_all,
+                       detect_compression, iter_tar_members, safe_member_name)
 
 __all__ = ["ImageArchive", "default_loader", "load_labels_file", "INDEX_FORMAT", "INDEX_VERSION"]
 
@@ -565,15 +565,7 @@ class ImageArchive(ConcurrentDataset):
                     if self.extensions and not name.lower().endswith(self.extensions):
                         continue
                     found.append((name, info.offset_data, info.size))
-                # tarfile stops quietly at a truncated or corrupt header after the first
-                # member; a complete archive ends with a zero block exactly there.
-                end = tar.offset
-                last = f"after member {last_member!r}" if last_member else "near its start"
-                block = read_at(end, 512)
-                if len(block) < 512 or block.count(0) != 512:
-                    state = "truncated" if len(block) < 512 else "corrupt"
-                    raise DataFormatError(f"{self.archive_name}: archive is {state} at byte {end} {last} "
-                                          "(no valid header or end-of-archive marker)")
+                check_end_of_archive(read_at, tar.offset, self.archive_name, last_member)
         finally:
             bar.close()
             closer()
