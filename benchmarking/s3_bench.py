@@ -1,0 +1,280 @@
+"""Micro-benchmarks of the S3 request path: the server's GET/s ceiling and each client's CPU per GET.
+
+Why: a loader benchmark on a local S3 endpoint is only meaningful if the reader knows which
+side limits it. The ceiling says how many GET/s the server can answer at zero latency; the
+client figures say how much CPU each S3 client burns per GET (CPU that a DataLoader worker
+then cannot spend decoding).
+
+Each client runs in a fresh subprocess, so its CPU time (``time.process_time``) counts only
+that client: botocore (threads), aiobotocore (asyncio), and the lean client
+(:mod:`concurrent_dataloader.storage.s3_http`) in both modes.
+
+    python -m benchmarking.s3_bench --gets 2000 --concurrency 16
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import concurrent.futures as cf
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+__all__ = ["CLIENTS", "measure_ceiling", "measure_client_cpu", "client_cpu_subprocess", "ceiling_subprocesses",
+           "server_ceiling", "main"]
+
+CLIENTS = ("botocore", "aiobotocore", "lean-sync", "lean-async")
+_CREDS = {"aws_access_key_id": "bench", "aws_secret_access_key": "bench-secret", "region_name": "us-east-1"}
+
+
+def _lean_store(endpoint: str, bucket: str, concurrency: int):
+    from concurrent_dataloader.storage.s3_http import LeanS3Store
+
+    return LeanS3Store(bucket, endpoint_url=endpoint, max_pool_connections=max(64, concurrency), **_CREDS)
+
+
+async def _lean_async_run(store: Any, keys: list[str], n: int, concurrency: int) -> int:
+    sem = asyncio.Semaphore(concurrency)
+
+    async def one(i: int) -> int:
+        async with sem:
+            return len(await store.aget(keys[i % len(keys)]))
+
+    return sum(await asyncio.gather(*(one(i) for i in range(n))))
+
+
+def measure_ceiling(endpoint: str, bucket: str, keys: list[str], seconds: float = 2.0, concurrency: int = 64) -> float:
+    """GET/s the server sustains at high concurrency, driven by the (cheapest) lean async client.
+
+    NOTE: call it with the server's latency at 0; the caller reads the server's own CPU use from
+    its stats to tell whether the server (~100% of a core) or the client was the limit.
+    """
+    import uvloop
+
+    store = _lean_store(endpoint, bucket, concurrency)
+
+    async def run() -> int:
+        await _lean_async_run(store, keys, concurrency, concurrency)  # warm the connections
+        sem = asyncio.Semaphore(concurrency)
+        deadline = time.perf_counter() + seconds
+        done = 0
+
+        async def worker() -> None:
+            nonlocal done
+            i = 0
+            while time.perf_counter() < deadline:
+                async with sem:
+                    await store.aget(keys[i % len(keys)])
+                done += 1
+                i += 7
+
+        start = time.perf_counter()
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+        return int(done / (time.perf_counter() - start))
+
+    try:
+        return float(uvloop.run(run()))
+    finally:
+        store.close()
+
+
+def measure_client_cpu(client: str, endpoint: str, bucket: str, keys: list[str], n: int = 1000,
+                       concurrency: int = 16) -> dict[str, float]:
+    """CPU ms per GET and GET/s for one client in *this* process (run it in a fresh one)."""
+    if client not in CLIENTS:
+        raise ValueError(f"client must be one of {CLIENTS}, got {client!r}")
+    warm = min(n, 2 * concurrency)
+    if client in ("botocore", "lean-sync"):
+        if client == "botocore":
+            import boto3
+            from botocore.config import Config
+
+            s3 = boto3.client("s3", endpoint_url=endpoint, config=Config(max_pool_connections=max(64, concurrency)),
+                              **_CREDS)
+
+            def get(key: str) -> int:
+                body = s3.get_object(Bucket=bucket, Key=key)["Body"]
+                try:
+                    return len(body.read())
+                finally:
+                    body.close()
+        else:
+            store = _lean_store(endpoint, bucket, concurrency)
+
+            def get(key: str) -> int:
+                return len(store.get(key))
+
+        with cf.ThreadPoolExecutor(concurrency) as pool:
+            list(pool.map(get, (keys[i % len(keys)] for i in range(warm))))
+            cpu0, t0 = time.process_time(), time.perf_counter()
+            nbytes = sum(pool.map(get, (keys[i % len(keys)] for i in range(n))))
+            cpu1, t1 = time.process_time(), time.perf_counter()
+    else:
+        import uvloop
+
+        async def run() -> tuple[float, float, float, float, int]:
+            if client == "aiobotocore":
+                from aiobotocore.config import AioConfig
+                from aiobotocore.session import get_session
+
+                async with get_session().create_client(
+                        "s3", endpoint_url=endpoint, config=AioConfig(max_pool_connections=max(64, concurrency)),
+                        **_CREDS) as s3:
+                    sem = asyncio.Semaphore(concurrency)
+
+                    async def one(key: str) -> int:
+                        async with sem:
+                            r = await s3.get_object(Bucket=bucket, Key=key)
+                            async with r["Body"] as stream:
+                                return len(await stream.read())
+
+                    await asyncio.gather(*(one(keys[i % len(keys)]) for i in range(warm)))
+                    c0, w0 = time.process_time(), time.perf_counter()
+                    sizes = await asyncio.gather(*(one(keys[i % len(keys)]) for i in range(n)))
+                    return c0, w0, time.process_time(), time.perf_counter(), sum(sizes)
+            store = _lean_store(endpoint, bucket, concurrency)
+            await _lean_async_run(store, keys, warm, concurrency)
+            c0, w0 = time.process_time(), time.perf_counter()
+            total = await _lean_async_run(store, keys, n, concurrency)
+            c1, w1 = time.process_time(), time.perf_counter()
+            await store.aclose()
+            return c0, w0, c1, w1, total
+
+        cpu0, t0, cpu1, t1, nbytes = uvloop.run(run())
+    return {"client": client, "gets": n, "concurrency": concurrency, "cpu_ms_per_get": (cpu1 - cpu0) / n * 1e3,
+            "gets_per_s": n / (t1 - t0), "mb_per_get": nbytes / n / 1e6}
+
+
+def _child_env() -> dict[str, str]:
+    root = str(Path(__file__).resolve().parent.parent)
+    env = dict(os.environ)
+    env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    return env
+
+
+def _start_child(payload: dict[str, Any]) -> subprocess.Popen:
+    proc = subprocess.Popen([sys.executable, "-m", "benchmarking.s3_bench", "--child"], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_child_env())
+    assert proc.stdin is not None
+    proc.stdin.write(json.dumps(payload))
+    proc.stdin.close()
+    proc.stdin = None  # communicate() must not touch it again
+    return proc
+
+
+def _finish_child(proc: subprocess.Popen, what: str, timeout: float) -> dict[str, Any]:
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.communicate()
+        raise RuntimeError(f"{what} did not finish in {timeout:.0f} s") from None
+    if proc.returncode != 0:
+        raise RuntimeError(f"{what} failed:\n{err[-3000:]}")
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def client_cpu_subprocess(client: str, endpoint: str, bucket: str, keys: list[str], n: int = 1000,
+                          concurrency: int = 16, timeout: float = 300.0) -> dict[str, Any]:
+    """:func:`measure_client_cpu` in a fresh Python process (clean CPU accounting)."""
+    proc = _start_child({"what": "client", "client": client, "endpoint": endpoint, "bucket": bucket, "keys": keys,
+                         "n": n, "concurrency": concurrency})
+    return _finish_child(proc, f"client benchmark {client!r}", timeout)
+
+
+def ceiling_subprocesses(endpoint: str, bucket: str, keys: list[str], seconds: float = 2.0, concurrency: int = 64,
+                         processes: int = 2) -> float:
+    """Total GET/s of ``processes`` lean-async client processes hammering the server at once.
+
+    Several processes, because one Python client process tops out before the server does.
+    """
+    procs = [_start_child({"what": "ceiling", "endpoint": endpoint, "bucket": bucket, "keys": keys,
+                           "seconds": seconds, "concurrency": concurrency}) for _ in range(processes)]
+    return float(sum(_finish_child(p, "ceiling client", seconds + 60)["gets_per_s"] for p in procs))
+
+
+def _child() -> int:
+    a = json.loads(sys.stdin.read())
+    if a["what"] == "ceiling":
+        result: dict[str, Any] = {"gets_per_s": measure_ceiling(a["endpoint"], a["bucket"], a["keys"], a["seconds"],
+                                                                a["concurrency"])}
+    else:
+        result = measure_client_cpu(a["client"], a["endpoint"], a["bucket"], a["keys"], a["n"], a["concurrency"])
+    print(json.dumps(result))
+    return 0
+
+
+def server_ceiling(server: Any, bucket: str, keys: list[str], seconds: float = 2.0, concurrency: int = 64,
+                   processes: int = 2) -> dict[str, float]:
+    """Measure a running :class:`~benchmarking.s3_server.ServerProcess` at zero latency.
+
+    Returns the GET/s reached, the server's CPU ms per GET and the share of one core it used;
+    ``cpu_bound_gets_per_s`` (1 / CPU per GET) is what one core could answer if the clients
+    kept up. The server's latency setting is restored afterwards.
+    """
+    config = server.stats()["config"]
+    server.configure(latency_ms=0, jitter_ms=0, bandwidth_mb_s=None)
+    try:
+        server.reset_stats()
+        gets_per_s = ceiling_subprocesses(server.endpoint_url, bucket, keys, seconds, concurrency, processes)
+        st = server.stats()
+    finally:
+        server.configure(**config)
+    cpu_ms = st["server_cpu_s"] / max(1, st["gets"]) * 1e3
+    return {"gets_per_s": gets_per_s, "server_cpu_ms_per_get": cpu_ms,
+            # the clients' start-up is idle time for the server: divide by the measured window
+            "server_core_utilisation": st["server_cpu_s"] / seconds,
+            "cpu_bound_gets_per_s": 1e3 / cpu_ms if cpu_ms > 0 else float("inf")}
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m benchmarking.s3_bench", description=__doc__.split("\n\n")[0])
+    p.add_argument("--gets", type=int, default=2000, help="GETs per client (default 2000)")
+    p.add_argument("--concurrency", type=int, default=16, help="concurrent GETs per client (default 16)")
+    p.add_argument("--objects", type=int, default=64, help="distinct objects (default 64)")
+    p.add_argument("--size-kb", type=int, default=110, help="object size in KB (default 110, like an ImageNet JPEG)")
+    p.add_argument("--clients", default=",".join(CLIENTS), help=f"comma-separated subset of {','.join(CLIENTS)}")
+    p.add_argument("--ceiling-seconds", type=float, default=3.0)
+    p.add_argument("--json", default=None, help="also write the results to this JSON file")
+    p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    if args.child:
+        return _child()
+
+    from .s3_server import ServerProcess
+
+    clients = [c.strip() for c in args.clients.split(",") if c.strip()]
+    with ServerProcess(buckets={"bench": None}) as server:
+        store = _lean_store(server.endpoint_url, "bench", 16)
+        payload = os.urandom(args.size_kb * 1000)
+        keys = [f"obj/{i:05d}.bin" for i in range(args.objects)]
+        for k in keys:
+            store.put(k, payload)
+        store.close()
+        ceiling = server_ceiling(server, "bench", keys, args.ceiling_seconds)
+        print(f"server ceiling: {ceiling['gets_per_s']:,.0f} GET/s of {args.size_kb} KB from 2 client processes x 64 "
+              f"concurrent (server CPU {ceiling['server_cpu_ms_per_get']:.3f} ms/GET, "
+              f"{ceiling['server_core_utilisation']:.0%} of a core; CPU-bound limit "
+              f"{ceiling['cpu_bound_gets_per_s']:,.0f} GET/s)")
+        results: dict[str, Any] = {"ceiling": ceiling, "clients": []}
+        print(f"{'client':<12} {'CPU ms/GET':>10} {'GET/s':>9}  (server CPU ms/GET)")
+        for client in clients:
+            server.reset_stats()
+            r = client_cpu_subprocess(client, server.endpoint_url, "bench", keys, args.gets, args.concurrency)
+            st = server.stats()
+            r["server_cpu_ms_per_get"] = st["server_cpu_s"] / max(1, st["gets"]) * 1e3
+            results["clients"].append(r)
+            print(f"{client:<12} {r['cpu_ms_per_get']:>10.3f} {r['gets_per_s']:>9,.0f}  "
+                  f"({r['server_cpu_ms_per_get']:.3f})")
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,828 @@
+"""A lean S3 client: SigV4 signing with hashlib/hmac and raw HTTP/1.1 on pooled keep-alive sockets.
+
+Why: botocore/aiobotocore spend about as much CPU per GET (parameter validation, event hooks,
+model-driven serialisation and parsing) as decoding the JPEG it returns. A data loader only
+needs "GET these bytes", so this client signs once per request with a signing key derived
+once per day and region, writes the request line and four headers, and reads
+``Content-Length`` bytes back. The sync path (fetch threads) uses blocking sockets; the async
+path (the asyncio fetcher) uses an :class:`asyncio.Protocol` per connection on the running loop.
+
+:class:`LeanS3Store` is the :class:`~concurrent_dataloader.storage.base.ByteStore` on top, for
+``s3lean://bucket/prefix`` URLs. Path-style addressing only (``endpoint/bucket/key``), which
+every S3-compatible server and AWS accept.
+
+NOTE (fork safety): sockets and pools are created lazily and keyed on ``os.getpid()`` (and, for
+the async pool, on the event loop), and are dropped when the store is pickled; credentials are
+plain data and travel with it, but never appear in ``repr`` or error messages.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import os
+import random
+import socket
+import ssl
+import threading
+import time
+import weakref
+from typing import Any, Iterator
+from urllib.parse import quote, urlsplit
+from xml.etree import ElementTree
+
+from .base import ByteRange, ByteStore, register_store
+from .retry import RetryCounters, RetryPolicy
+from .s3 import BucketNotFoundError, ObjectNotFoundError, S3AccessDeniedError, S3Error, mask_access_key
+
+__all__ = ["LeanS3Client", "LeanS3Store", "SigV4Signer", "S3Credentials", "S3HTTPError", "UNSIGNED_PAYLOAD"]
+
+UNSIGNED_PAYLOAD = "UNSIGNED-PAYLOAD"
+_EMPTY_SHA256 = hashlib.sha256(b"").hexdigest()
+_RECV = 256 * 1024
+
+
+# ---------------------------------------------------------------------------------------------
+# Errors: the same types as the botocore-based store, so callers catch one set of exceptions
+# ---------------------------------------------------------------------------------------------
+
+class S3HTTPError(S3Error):
+    """An S3 error response not translated to a more specific type. ``status`` and ``code`` (e.g.
+    ``SlowDown``) say which; ``response`` has botocore's shape so :func:`classify_error` (the
+    retry policy) treats it like a botocore ``ClientError``."""
+
+    def __init__(self, message: str, url: str | None = None, status: int = 0, code: str = "") -> None:
+        super().__init__(message, url)
+        self.status = status
+        self.code = code
+
+    @property
+    def response(self) -> dict[str, Any]:
+        return {"Error": {"Code": self.code}, "ResponseMetadata": {"HTTPStatusCode": self.status}}
+
+    def __reduce__(self):
+        return (type(self), (str(self), self.url, self.status, self.code))
+
+
+def _parse_error_body(body: bytes) -> tuple[str, str]:
+    if not body:
+        return "", ""
+    try:
+        root = ElementTree.fromstring(body)
+    except ElementTree.ParseError:
+        return "", body[:200].decode("utf-8", "replace")
+    return root.findtext("Code") or "", root.findtext("Message") or ""
+
+
+# ---------------------------------------------------------------------------------------------
+# SigV4
+# ---------------------------------------------------------------------------------------------
+
+class S3Credentials:
+    """Access key, secret and optional session token. ``repr`` never shows the secret."""
+
+    __slots__ = ("access_key", "secret_key", "token")
+
+    def __init__(self, access_key: str, secret_key: str, token: str | None = None) -> None:
+        self.access_key = access_key
+        self.secret_key = secret_key
+        self.token = token
+
+    def __repr__(self) -> str:
+        return f"S3Credentials(access_key={self.access_key[:4]}..., secret=***)"
+
+    def __getstate__(self) -> tuple:
+        return (self.access_key, self.secret_key, self.token)
+
+    def __setstate__(self, state: tuple) -> None:
+        self.access_key, self.secret_key, self.token = state
+
+
+def _uri_encode_path(path: str) -> str:
+    # RFC 3986 unreserved characters stay; "/" separates segments (S3 does not double-encode).
+    return quote(path, safe="/~")
+
+
+def _uri_encode(value: str) -> str:
+    return quote(value, safe="~")
+
+
+class SigV4Signer:
+    """AWS Signature Version 4 for one service and region.
+
+    The signing key depends only on the secret, the date, the region and the service, so it is
+    derived once per UTC day; each request then costs two SHA-256 and one HMAC over short strings.
+    """
+
+    def __init__(self, credentials: S3Credentials, region: str, service: str = "s3") -> None:
+        self.credentials = credentials
+        self.region = region
+        self.service = service
+        self._key_date = ""
+        self._key = b""
+        self._scope_tail = f"/{region}/{service}/aws4_request"
+
+    def signing_key(self, datestamp: str) -> bytes:
+        if datestamp != self._key_date:
+            k = hmac.digest(("AWS4" + self.credentials.secret_key).encode(), datestamp.encode(), "sha256")
+            k = hmac.digest(k, self.region.encode(), "sha256")
+            k = hmac.digest(k, self.service.encode(), "sha256")
+            self._key = hmac.digest(k, b"aws4_request", "sha256")
+            self._key_date = datestamp
+        return self._key
+
+    def sign(self, method: str, host: str, path: str, query: dict[str, str] | None, headers: dict[str, str],
+             payload_hash: str = UNSIGNED_PAYLOAD, amz_date: str | None = None) -> dict[str, str]:
+        """Return ``headers`` plus ``x-amz-date``, ``x-amz-content-sha256``, the session token and
+        ``Authorization``. ``path`` is already URI-encoded; ``headers`` (lower-case names) are all
+        signed, along with ``host``."""
+        if amz_date is None:
+            amz_date = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+        out = dict(headers)
+        out["x-amz-date"] = amz_date
+        out["x-amz-content-sha256"] = payload_hash
+        if self.credentials.token:
+            out["x-amz-security-token"] = self.credentials.token
+        signed = dict(out)
+        signed["host"] = host
+        names = sorted(signed)
+        canonical_headers = "".join(f"{n}:{' '.join(str(signed[n]).split())}\n" for n in names)
+        signed_headers = ";".join(names)
+        canonical_query = "&".join(
+            f"{_uri_encode(k)}={_uri_encode(v)}" for k, v in sorted((query or {}).items()))
+        canonical = f"{method}\n{path}\n{canonical_query}\n{canonical_headers}\n{signed_headers}\n{payload_hash}"
+        datestamp = amz_date[:8]
+        scope = datestamp + self._scope_tail
+        to_sign = f"AWS4-HMAC-SHA256\n{amz_date}\n{scope}\n{hashlib.sha256(canonical.encode()).hexdigest()}"
+        signature = hmac.new(self.signing_key(datestamp), to_sign.encode(), hashlib.sha256).hexdigest()
+        out["Authorization"] = (f"AWS4-HMAC-SHA256 Credential={self.credentials.access_key}/{scope}, "
+                                f"SignedHeaders={signed_headers}, Signature={signature}")
+        return out
+
+
+# ---------------------------------------------------------------------------------------------
+# HTTP/1.1
+# ---------------------------------------------------------------------------------------------
+
+class _Incomplete(Exception):
+    pass
+
+
+class _ResponseParser:
+    """Incremental HTTP/1.1 response parser (Content-Length, chunked, or read-until-close)."""
+
+    __slots__ = ("head_only", "buf", "status", "headers", "parts", "remaining", "mode", "done", "keep_alive",
+                 "got_bytes")
+
+    def __init__(self, head_only: bool) -> None:
+        self.head_only = head_only
+        self.buf = bytearray()
+        self.status = 0
+        self.headers: dict[str, str] = {}
+        self.parts: list[bytes] = []
+        self.remaining = 0
+        self.mode = ""  # "", "length", "chunked", "close"
+        self.done = False
+        self.keep_alive = True
+        self.got_bytes = False
+
+    def feed(self, data: bytes) -> bool:
+        self.got_bytes = True
+        if self.mode == "length":
+            n = len(data)
+            if n > self.remaining:
+                raise ConnectionError(f"server sent {n - self.remaining} bytes more than Content-Length")
+            self.parts.append(data)
+            self.remaining -= n
+            if self.remaining == 0:
+                self.done = True
+            return self.done
+        self.buf += data
+        if not self.mode:
+            while True:
+                end = self.buf.find(b"\r\n\r\n")
+                if end < 0:
+                    if len(self.buf) > 65536:
+                        raise ConnectionError("response header too large")
+                    return False
+                lines = bytes(self.buf[:end]).decode("latin-1").split("\r\n")
+                del self.buf[:end + 4]
+                parts = lines[0].split(" ", 2)
+                try:
+                    status = int(parts[1])
+                except (IndexError, ValueError):
+                    raise ConnectionError(f"bad HTTP status line {lines[0][:80]!r}") from None
+                if 100 <= status < 200:  # 100 Continue: the real response follows
+                    continue
+                self.status = status
+                h = self.headers
+                for line in lines[1:]:
+                    name, _, value = line.partition(":")
+                    h[name.strip().lower()] = value.strip()
+                if parts[0] == "HTTP/1.0" or h.get("connection", "").lower() == "close":
+                    self.keep_alive = False
+                break
+            h = self.headers
+            if self.head_only or self.status in (204, 304):
+                self.done = True
+                return True
+            if "chunked" in h.get("transfer-encoding", "").lower():
+                self.mode = "chunked"
+            elif "content-length" in h:
+                self.mode = "length"
+                self.remaining = int(h["content-length"])
+                data = bytes(self.buf)
+                self.buf = bytearray()
+                if not self.remaining and not data:
+                    self.done = True
+                    return True
+                return self.feed(data) if data else False
+            else:
+                self.mode = "close"
+                self.keep_alive = False
+                return False
+        if self.mode == "chunked":
+            body = _dechunk(self.buf)
+            if body is not None:
+                self.parts = [body]
+                self.done = True
+        return self.done
+
+    def eof(self) -> None:
+        """The server closed the connection."""
+        if self.mode == "close":
+            self.parts = [bytes(self.buf)]
+            self.done = True
+        elif not self.done:
+            raise ConnectionError("connection closed before the response was complete"
+                                  + (f" ({self.remaining} body bytes missing)" if self.mode == "length" else ""))
+
+    def body(self) -> bytes:
+        parts = self.parts
+        if len(parts) == 1:
+            return parts[0]
+        return b"".join(parts)
+
+
+def _dechunk(buf: bytearray) -> bytes | None:
+    out = bytearray()
+    pos = 0
+    while True:
+        eol = buf.find(b"\r\n", pos)
+        if eol < 0:
+            return None
+        try:
+            size = int(bytes(buf[pos:eol]).split(b";", 1)[0].strip(), 16)
+        except ValueError:
+            raise ConnectionError("bad chunked encoding from server") from None
+        pos = eol + 2
+        if size == 0:
+            while True:
+                eol = buf.find(b"\r\n", pos)
+                if eol < 0:
+                    return None
+                if eol == pos:
+                    return bytes(out)
+                pos = eol + 2
+        if len(buf) < pos + size + 2:
+            return None
+        out += buf[pos:pos + size]
+        pos += size + 2
+
+
+class _SyncConn:
+    __slots__ = ("sock", "reused")
+
+    def __init__(self, host: str, port: int, tls: ssl.SSLContext | None, timeout: float) -> None:
+        sock = socket.create_connection((host, port), timeout=timeout)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.sock = tls.wrap_socket(sock, server_hostname=host) if tls is not None else sock
+        self.reused = False
+
+    def request(self, raw: bytes, body: bytes | None, head_only: bool, timeout: float) -> _ResponseParser:
+        sock = self.sock
+        sock.settimeout(timeout)
+        if body:
+            sock.sendall(raw + body if len(body) < 65536 else raw)
+            if len(body) >= 65536:
+                sock.sendall(body)
+        else:
+            sock.sendall(raw)
+        parser = _ResponseParser(head_only)
+        recv = sock.recv
+        while True:
+            data = recv(_RECV)
+            if not data:
+                parser.eof()
+                return parser
+            if parser.feed(data):
+                return parser
+
+    def close(self) -> None:
+        try:
+            self.sock.close()
+        except OSError:
+            pass
+
+
+class _AsyncConn(asyncio.Protocol):
+    __slots__ = ("transport", "parser", "waiter", "broken", "reused", "loop", "timer")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self.transport: asyncio.Transport | None = None
+        self.parser: _ResponseParser | None = None
+        self.waiter: asyncio.Future | None = None
+        self.broken = False
+        self.reused = False
+        self.timer: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def data_received(self, data: bytes) -> None:
+        parser, waiter = self.parser, self.waiter
+        if parser is None or waiter is None or waiter.done():
+            self.broken = True  # unsolicited bytes: this connection cannot be trusted any more
+            return
+        try:
+            if parser.feed(data):
+                waiter.set_result(parser)
+        except ConnectionError as exc:
+            self.broken = True
+            waiter.set_exception(exc)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.broken = True
+        parser, waiter = self.parser, self.waiter
+        if waiter is not None and not waiter.done():
+            try:
+                parser.eof()  # type: ignore[union-attr]
+                waiter.set_result(parser)
+            except ConnectionError as err:
+                waiter.set_exception(err)
+
+    def _timeout(self) -> None:
+        waiter = self.waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_exception(TimeoutError("S3 request timed out"))
+        self.broken = True
+        if self.transport is not None:
+            self.transport.abort()
+
+    async def request(self, raw: bytes, body: bytes | None, head_only: bool, timeout: float) -> _ResponseParser:
+        self.parser = _ResponseParser(head_only)
+        self.waiter = self.loop.create_future()
+        # NOTE: one timer per request instead of asyncio.wait_for, which costs a task each time.
+        self.timer = self.loop.call_later(timeout, self._timeout)
+        try:
+            self.transport.write(raw)  # type: ignore[union-attr]
+            if body:
+                self.transport.write(body)  # type: ignore[union-attr]
+            return await self.waiter
+        finally:
+            self.timer.cancel()
+            self.parser = None
+            self.waiter = None
+
+    def close(self) -> None:
+        self.broken = True
+        if self.transport is not None:
+            self.transport.close()
+
+
+# ---------------------------------------------------------------------------------------------
+# The client
+# ---------------------------------------------------------------------------------------------
+
+def _resolve_credentials(access_key: str | None, secret_key: str | None, token: str | None,
+                         profile: str | None) -> S3Credentials | None:
+    if access_key and secret_key:
+        return S3Credentials(access_key, secret_key, token)
+    env_key, env_secret = os.environ.get("AWS_ACCESS_KEY_ID"), os.environ.get("AWS_SECRET_ACCESS_KEY")
+    if env_key and env_secret and not profile:
+        return S3Credentials(env_key, env_secret, os.environ.get("AWS_SESSION_TOKEN"))
+    try:  # shared config files, SSO, instance metadata...: botocore's resolver, only when needed
+        import botocore.session
+
+        creds = botocore.session.Session(profile=profile).get_credentials()
+    except ImportError:
+        creds = None
+    if creds is None:
+        return None
+    frozen = creds.get_frozen_credentials()
+    return S3Credentials(frozen.access_key, frozen.secret_key, frozen.token)
+
+
+class _AsyncPool:
+    __slots__ = ("idle", "loop")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self.idle: list[_AsyncConn] = []
+
+
+class LeanS3Client:
+    """Signed raw-HTTP S3 requests over keep-alive connection pools (one for threads, one per event loop).
+
+    Options mirror :class:`~concurrent_dataloader.storage.s3.S3Store`. ``max_pool_connections``
+    bounds the *idle* connections kept per pool; concurrency itself is set by the caller (fetch
+    threads or tasks) and each concurrent request uses its own socket. Transient failures
+    (5xx, throttling, broken connections) are retried by ``retry`` (a :class:`RetryPolicy`) and
+    counted in :attr:`retry_counters`; a pooled keep-alive socket that the server already closed
+    is replaced at once without counting as a retry.
+    """
+
+    def __init__(self, endpoint_url: str | None = None, region_name: str | None = None, *,
+                 aws_access_key_id: str | None = None, aws_secret_access_key: str | None = None,
+                 aws_session_token: str | None = None, profile_name: str | None = None, anonymous: bool = False,
+                 max_pool_connections: int = 64, retry: RetryPolicy | None = None, connect_timeout: float = 10.0,
+                 read_timeout: float = 60.0, verify: bool | None = None, addressing_style: str | None = None,
+                 list_page_size: int = 1000) -> None:
+        from ..errors import ConfigError
+
+        if addressing_style not in (None, "auto", "path"):
+            raise ConfigError(f"the lean S3 client only does path-style addressing, got addressing_style="
+                              f"{addressing_style!r}")
+        if (aws_access_key_id is None) != (aws_secret_access_key is None):
+            raise ConfigError("give both aws_access_key_id and aws_secret_access_key, or neither "
+                              "(to use the default credential chain)")
+        self.region = region_name or os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1"
+        self.endpoint_url = (endpoint_url or f"https://s3.{self.region}.amazonaws.com").rstrip("/")
+        parts = urlsplit(self.endpoint_url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ConfigError(f"endpoint_url must be http(s)://host[:port], got {self.endpoint_url!r}")
+        self.tls = parts.scheme == "https"
+        self.host = parts.hostname
+        self.port = parts.port or (443 if self.tls else 80)
+        self.host_header = self.host if self.port == (443 if self.tls else 80) else f"{self.host}:{self.port}"
+        self.base_path = parts.path.rstrip("/")
+        self.max_pool_connections = max_pool_connections
+        self.retry = retry if retry is not None else RetryPolicy()
+        self.connect_timeout = connect_timeout
+        self.read_timeout = read_timeout
+        self.verify = verify
+        self.anonymous = anonymous
+        self.list_page_size = list_page_size
+        self._cred_args = (aws_access_key_id, aws_secret_access_key, aws_session_token, profile_name)
+        self._init_process_state()
+
+    # -- pickling / fork ------------------------------------------------------------------------
+    def _init_process_state(self) -> None:
+        self._pid = os.getpid()
+        self._lock = threading.Lock()
+        self._sync_idle: list[_SyncConn] = []
+        self._async_pools: "weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _AsyncPool]" = \
+            weakref.WeakKeyDictionary()
+        self._ssl: ssl.SSLContext | None = None
+        self._signer: SigV4Signer | None = None
+        self.retry_counters = RetryCounters()
+
+    def __getstate__(self) -> dict:
+        state = dict(self.__dict__)
+        for name in ("_pid", "_lock", "_sync_idle", "_async_pools", "_ssl", "_signer", "retry_counters"):
+            state.pop(name, None)
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self._init_process_state()
+
+    def _check_pid(self) -> None:
+        if self._pid != os.getpid():
+            # NOTE: forked child. Inherited sockets belong to the parent: forget them, never close.
+            self._init_process_state()
+
+    def _get_signer(self) -> SigV4Signer | None:
+        if self.anonymous:
+            return None
+        if self._signer is None:
+            creds = _resolve_credentials(*self._cred_args)
+            if creds is None:
+                raise S3AccessDeniedError(f"no AWS credentials found for {self.endpoint_url}: pass aws_access_key_id"
+                                          "/aws_secret_access_key, set AWS_* variables, or use anonymous=True")
+            self._signer = SigV4Signer(creds, self.region)
+        return self._signer
+
+    def _tls_context(self) -> ssl.SSLContext | None:
+        if not self.tls:
+            return None
+        if self._ssl is None:
+            ctx = ssl.create_default_context(cafile=self.verify if isinstance(self.verify, str) else None)
+            if self.verify is False:
+                ctx.check_hostname = False
+                ctx.verify_mode = ssl.CERT_NONE
+            self._ssl = ctx
+        return self._ssl
+
+    # -- request building and errors ------------------------------------------------------------
+    def _build(self, method: str, bucket: str, key: str | None, query: dict[str, str] | None,
+               headers: dict[str, str] | None, body: bytes | None) -> bytes:
+        path = self.base_path + "/" + _uri_encode_path(bucket) + ("/" + _uri_encode_path(key) if key else "")
+        hdrs = headers or {}
+        signer = self._get_signer()
+        if signer is not None:
+            if body:
+                payload_hash = hashlib.sha256(body).hexdigest()
+            else:
+                payload_hash = _EMPTY_SHA256 if method in ("PUT", "POST") else UNSIGNED_PAYLOAD
+            hdrs = signer.sign(method, self.host_header, path, query, hdrs, payload_hash)
+        target = path
+        if query:
+            target += "?" + "&".join(f"{_uri_encode(k)}={_uri_encode(v)}" for k, v in sorted(query.items()))
+        lines = [f"{method} {target} HTTP/1.1\r\nHost: {self.host_header}\r\n"]
+        for k, v in hdrs.items():
+            lines.append(f"{k}: {v}\r\n")
+        if body is not None or method in ("PUT", "POST"):
+            lines.append(f"Content-Length: {len(body or b'')}\r\n")
+        lines.append("\r\n")
+        return "".join(lines).encode("latin-1")
+
+    def _error(self, parser: _ResponseParser, bucket: str, key: str | None) -> Exception:
+        """Translate an error status into the store error types, naming s3://bucket/key."""
+        status = parser.status
+        code, message = _parse_error_body(parser.body())
+        where = f"s3://{bucket}/{key}" if key is not None else f"s3://{bucket}"
+        endpoint = f" at {self.endpoint_url}"
+        if code == "NoSuchBucket" or (status == 404 and key is None):
+            return BucketNotFoundError(f"{where}: bucket {bucket!r} does not exist{endpoint}", f"s3://{bucket}")
+        if status == 404:
+            return ObjectNotFoundError(f"{where}: no such object{endpoint}", where)
+        if status == 403:
+            access_key = self._signer.credentials.access_key if self._signer is not None else None
+            return S3AccessDeniedError(
+                f"{where}: access denied ({code or status}) for access key {mask_access_key(access_key)}{endpoint}; "
+                "check the credentials and the bucket policy", where)
+        return S3HTTPError(f"{where}: HTTP {status} {code or ''}".rstrip() + (f": {message}" if message else "")
+                           + endpoint, where, status, code or f"HTTP{status}")
+
+    # -- sync -----------------------------------------------------------------------------------
+    def _sync_acquire(self) -> _SyncConn:
+        self._check_pid()
+        with self._lock:
+            if self._sync_idle:
+                conn = self._sync_idle.pop()
+                conn.reused = True
+                return conn
+        return _SyncConn(self.host, self.port, self._tls_context(), self.connect_timeout)
+
+    def _sync_release(self, conn: _SyncConn, keep: bool) -> None:
+        if keep:
+            with self._lock:
+                if len(self._sync_idle) < self.max_pool_connections:
+                    self._sync_idle.append(conn)
+                    return
+        conn.close()
+
+    def _request_once(self, method: str, bucket: str, key: str | None, query: dict[str, str] | None,
+                      headers: dict[str, str] | None, body: bytes | None) -> _ResponseParser:
+        while True:
+            raw = self._build(method, bucket, key, query, headers, body)
+            conn = self._sync_acquire()
+            try:
+                parser = conn.request(raw, body, method == "HEAD", self.read_timeout)
+            except OSError as exc:
+                conn.close()
+                if conn.reused and isinstance(exc, ConnectionError):
+                    continue  # a pooled socket the server had closed: try a fresh one
+                raise
+            except BaseException:
+                conn.close()
+                raise
+            self._sync_release(conn, parser.keep_alive)
+            if parser.status >= 300:
+                raise self._error(parser, bucket, key)
+            return parser
+
+    def request(self, method: str, bucket: str, key: str | None = None, *, query: dict[str, str] | None = None,
+                headers: dict[str, str] | None = None, body: bytes | None = None) -> _ResponseParser:
+        """One signed request (blocking), retried per :attr:`retry`; error statuses raise."""
+        return self.retry.call(lambda: self._request_once(method, bucket, key, query, headers, body),
+                               self.retry_counters)
+
+    def get_object(self, bucket: str, key: str, byte_range: ByteRange | None = None) -> bytes:
+        if byte_range is not None and byte_range[1] == 0:
+            return b""
+        headers = _range_header(byte_range)
+        try:
+            parser = self.request("GET", bucket, key, headers=headers)
+        except S3HTTPError as exc:
+            raise _range_error(exc, byte_range) from None
+        return _range_body(parser, byte_range, f"s3://{bucket}/{key}")
+
+    def head_object(self, bucket: str, key: str) -> dict[str, str]:
+        return self.request("HEAD", bucket, key).headers
+
+    def put_object(self, bucket: str, key: str, data: bytes) -> None:
+        try:
+            self.request("PUT", bucket, key, body=bytes(data))
+        except ObjectNotFoundError:  # a 404 on PUT can only be the bucket
+            raise BucketNotFoundError(f"s3://{bucket}: bucket does not exist at {self.endpoint_url}",
+                                      f"s3://{bucket}") from None
+
+    def create_bucket(self, bucket: str) -> None:
+        self.request("PUT", bucket, body=b"")
+
+    def list_objects(self, bucket: str, prefix: str = "") -> Iterator[tuple[str, int]]:
+        """(key, size) for every object under ``prefix``, in key order (ListObjectsV2, paginated)."""
+        token: str | None = None
+        while True:
+            query = {"list-type": "2", "prefix": prefix, "max-keys": str(self.list_page_size)}
+            if token:
+                query["continuation-token"] = token
+            root = ElementTree.fromstring(self.request("GET", bucket, query=query).body())
+            ns = root.tag[:root.tag.index("}") + 1] if root.tag.startswith("{") else ""
+            for item in root.iter(f"{ns}Contents"):
+                yield item.findtext(f"{ns}Key") or "", int(item.findtext(f"{ns}Size") or 0)
+            token = root.findtext(f"{ns}NextContinuationToken")
+            if (root.findtext(f"{ns}IsTruncated") or "").lower() != "true" or not token:
+                return
+
+    # -- async ----------------------------------------------------------------------------------
+    async def _async_acquire(self) -> _AsyncConn:
+        self._check_pid()
+        loop = asyncio.get_running_loop()
+        pool = self._async_pools.get(loop)
+        if pool is None:
+            pool = self._async_pools[loop] = _AsyncPool(loop)
+        while pool.idle:
+            conn = pool.idle.pop()
+            if not conn.broken:
+                conn.reused = True
+                return conn
+        _, conn = await asyncio.wait_for(
+            loop.create_connection(lambda: _AsyncConn(loop), self.host, self.port, ssl=self._tls_context(),
+                                   server_hostname=self.host if self.tls else None),
+            self.connect_timeout)
+        return conn
+
+    def _async_release(self, conn: _AsyncConn, keep: bool) -> None:
+        pool = self._async_pools.get(conn.loop)
+        if keep and not conn.broken and pool is not None and len(pool.idle) < self.max_pool_connections:
+            pool.idle.append(conn)
+        else:
+            conn.close()
+
+    async def _arequest_once(self, method: str, bucket: str, key: str | None, query: dict[str, str] | None,
+                             headers: dict[str, str] | None, body: bytes | None) -> _ResponseParser:
+        while True:
+            raw = self._build(method, bucket, key, query, headers, body)
+            conn = await self._async_acquire()
+            try:
+                parser = await conn.request(raw, body, method == "HEAD", self.read_timeout)
+            except OSError as exc:
+                conn.close()
+                if conn.reused and isinstance(exc, ConnectionError):
+                    continue
+                raise
+            except BaseException:  # cancelled mid-request: the socket's state is unknown
+                conn.close()
+                raise
+            self._async_release(conn, parser.keep_alive)
+            if parser.status >= 300:
+                raise self._error(parser, bucket, key)
+            return parser
+
+    async def arequest(self, method: str, bucket: str, key: str | None = None, *,
+                       query: dict[str, str] | None = None, headers: dict[str, str] | None = None,
+                       body: bytes | None = None) -> _ResponseParser:
+        """:meth:`request` on the running event loop."""
+        return await self.retry.acall(lambda: self._arequest_once(method, bucket, key, query, headers, body),
+                                      self.retry_counters)
+
+    async def aget_object(self, bucket: str, key: str, byte_range: ByteRange | None = None) -> bytes:
+        if byte_range is not None and byte_range[1] == 0:
+            return b""
+        try:
+            parser = await self.arequest("GET", bucket, key, headers=_range_header(byte_range))
+        except S3HTTPError as exc:
+            raise _range_error(exc, byte_range) from None
+        return _range_body(parser, byte_range, f"s3://{bucket}/{key}")
+
+    # -- cleanup --------------------------------------------------------------------------------
+    def close(self) -> None:
+        """Close this process's pooled sockets (the client stays usable; they reopen lazily)."""
+        if self._pid != os.getpid():
+            return
+        with self._lock:
+            idle, self._sync_idle = self._sync_idle, []
+        for conn in idle:
+            conn.close()
+        for pool in list(self._async_pools.values()):
+            if pool.loop.is_closed():
+                continue
+            conns, pool.idle = pool.idle, []
+            for conn in conns:
+                try:  # NOTE: transports belong to their loop's thread
+                    pool.loop.call_soon_threadsafe(conn.close)
+                except RuntimeError:
+                    pass
+
+    async def aclose(self) -> None:
+        """Close the pooled connections of the running loop."""
+        pool = self._async_pools.get(asyncio.get_running_loop())
+        if pool is not None:
+            conns, pool.idle = pool.idle, []
+            for conn in conns:
+                conn.close()
+
+    def __repr__(self) -> str:
+        return f"LeanS3Client(endpoint_url={self.endpoint_url!r}, region={self.region!r})"
+
+
+def _range_header(byte_range: ByteRange | None) -> dict[str, str] | None:
+    if byte_range is None:
+        return None
+    offset, length = byte_range
+    if offset < 0 or length < 0:
+        raise ValueError(f"invalid byte range offset={offset}, length={length}")
+    return {"range": f"bytes={offset}-{offset + length - 1}"}
+
+
+def _range_error(exc: S3HTTPError, byte_range: ByteRange | None) -> Exception:
+    if exc.status == 416 and byte_range is not None:
+        return EOFError(f"{exc.url}: byte range starting at {byte_range[0]} is beyond the end of the object")
+    return exc
+
+
+def _range_body(parser: _ResponseParser, byte_range: ByteRange | None, where: str) -> bytes:
+    data = parser.body()
+    if byte_range is None:
+        return data
+    offset, length = byte_range
+    if parser.status == 200:  # the server ignored Range: cut it here
+        data = data[offset:offset + length]
+    if len(data) != length:
+        raise EOFError(f"{where}: wanted {length} bytes at offset {offset}, got {len(data)} (object too short)")
+    return data
+
+
+# ---------------------------------------------------------------------------------------------
+# The store
+# ---------------------------------------------------------------------------------------------
+
+class LeanS3Store(ByteStore):
+    """A :class:`ByteStore` over :class:`LeanS3Client`, for ``s3lean://bucket/prefix`` URLs.
+
+    Takes the keyword options of the botocore-based ``S3Store`` (``endpoint_url``,
+    ``region_name``, ``aws_access_key_id``, ``aws_secret_access_key``,
+    ``max_pool_connections``, ``retry``...) and raises the same error types, so the two are
+    interchangeable; this one costs a fraction of the CPU per GET.
+    """
+
+    def __init__(self, bucket: str, prefix: str = "", **options: Any) -> None:
+        from ..errors import ConfigError
+
+        if not bucket or "/" in bucket:
+            raise ConfigError(f"invalid S3 bucket name {bucket!r}")
+        self.bucket = bucket
+        self.prefix = prefix.lstrip("/")
+        self.client = LeanS3Client(**options)
+
+    @property
+    def retry_counters(self) -> RetryCounters:
+        return self.client.retry_counters
+
+    def full_key(self, key: str) -> str:
+        if not self.prefix:
+            return key
+        return self.prefix + key if self.prefix.endswith("/") else f"{self.prefix}/{key}"
+
+    def get(self, key: str, byte_range: ByteRange | None = None) -> bytes:
+        return self.client.get_object(self.bucket, self.full_key(key), byte_range)
+
+    async def aget(self, key: str, byte_range: ByteRange | None = None) -> bytes:
+        return await self.client.aget_object(self.bucket, self.full_key(key), byte_range)
+
+    def list(self, prefix: str = "") -> Iterator[str]:
+        """Keys under ``prefix`` (relative to the store's prefix), sorted."""
+        root = self.full_key("") if self.prefix else ""
+        return iter(sorted(k[len(root):] for k, _ in self.client.list_objects(self.bucket, root + prefix)))
+
+    def put(self, key: str, data: bytes) -> None:
+        self.client.put_object(self.bucket, self.full_key(key), data)
+
+    def size(self, key: str) -> int:
+        return int(self.client.head_object(self.bucket, self.full_key(key))["content-length"])
+
+    def describe(self, key: str) -> str:
+        return f"s3://{self.bucket}/{self.full_key(key)}"
+
+    def close(self) -> None:
+        self.client.close()
+
+    async def aclose(self) -> None:
+        await self.client.aclose()
+
+    def __repr__(self) -> str:
+        return f"LeanS3Store(bucket={self.bucket!r}, prefix={self.prefix!r}, endpoint_url={self.client.endpoint_url!r})"
+
+
+def _from_url(url: str, **options: Any) -> LeanS3Store:
+    rest = url.split("://", 1)[1]
+    bucket, _, prefix = rest.partition("/")
+    return LeanS3Store(bucket, prefix, **options)
+
+
+register_store("s3lean", _from_url)
