@@ -471,7 +471,7 @@ def _apply_output_spec(pair: Any, output_types: Any, output_shapes: Any, where: 
         for k, (x, shape) in enumerate(zip(items, shapes)):
             if shape is None:
                 continue
-            actual = tuple(torch.as_tensor(x).shape)
+            actual = tuple(x.shape) if hasattr(x, "shape") else tuple(torch.as_tensor(x).shape)
             if len(actual) != len(shape) or any(s is not None and s != a for s, a in zip(shape, actual)):
                 raise DataFormatError(f"{where}: element {k} has shape {actual}, output_shapes wants {tuple(shape)}")
     return tuple(items) if isinstance(pair, (tuple, list)) else items[0]
