@@ -135,8 +135,9 @@ class HDF5Reader(ConvertedReader):
         if self.is_local:
             f, _ = self._open_h5(key)
         else:
+            data = self.read_all(key)
             try:
-                f = h5py.File(io.BytesIO(self.read_all(key)), "r")
+                f = h5py.File(io.BytesIO(data), "r")
             except OSError as exc:
                 raise DataFormatError(f"{self.store.describe(key)}: not a readable HDF5 file ({exc})") from None
         with f:

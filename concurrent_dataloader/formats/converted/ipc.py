@@ -158,8 +158,9 @@ class IpcReader(ConvertedReader):
 
         key = self.label_key(n)
         where = self.store.describe(key)
+        data = self.read_all(key)
         try:
-            table = pa.ipc.open_file(pa.BufferReader(self.read_all(key))).read_all()
+            table = pa.ipc.open_file(pa.BufferReader(data)).read_all()
         except (pa.ArrowInvalid, OSError) as exc:
             raise DataFormatError(f"{where}: not a readable Arrow IPC file ({exc})") from None
         col = table.column("label") if "label" in table.column_names else table.column(0)

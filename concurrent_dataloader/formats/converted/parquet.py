@@ -165,8 +165,9 @@ class ParquetReader(ConvertedReader):
 
         key = self.label_key(n)
         where = self.store.describe(key)
+        data = self.read_all(key)
         try:
-            table = pq.read_table(pa.BufferReader(self.read_all(key)))
+            table = pq.read_table(pa.BufferReader(data))
         except (pa.ArrowInvalid, OSError) as exc:
             raise DataFormatError(f"{where}: not a readable Parquet file ({exc})") from None
         col = table.column("labels") if "labels" in table.column_names else table.column(0)
