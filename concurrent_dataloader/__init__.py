@@ -3,6 +3,7 @@
 ``from concurrent_dataloader import DataLoader`` is a drop-in for ``torch.utils.data.DataLoader``.
 """
 
+from .datasets import S3ImageDataset, ScratchImageDataset, get_dataset
 from .errors import ConcurrentDataLoaderError, ConfigError, DataFormatError, SampleLoadError
 from .loader import (
     ConcurrentDataset,
@@ -22,6 +23,9 @@ __all__ = [
     "ConcurrentGetitems",
     "ConcurrentGetitemsMixin",
     "concurrent_getitems",
+    "get_dataset",
+    "S3ImageDataset",
+    "ScratchImageDataset",
     "ConcurrentDataLoaderError",
     "ConfigError",
     "DataFormatError",

@@ -1,0 +1,185 @@
+"""Image classification datasets over a byte store (S3 or a local/network filesystem).
+
+They implement the fetch/decode protocol: ``fetch_raw``/``fetch_raw_async`` only move bytes
+(through the optional disk cache), ``decode`` does the CPU work (PIL decode, ``.convert("RGB")``,
+transform) and never runs on the event loop. ``__getitem__`` chains the two, so the datasets
+also work with the stock ``torch.utils.data.DataLoader``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import os
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+from ..errors import ConfigError, SampleLoadError, annotate_sample_error
+from ..loader.protocol import ConcurrentDataset
+from ..storage.base import ByteStore
+from ..storage.cache import DiskCache
+from ..storage.local import LocalStore
+from ..storage.retry import RetryPolicy
+from ..storage.s3 import DEFAULT_MAX_POOL_CONNECTIONS, S3Store
+
+__all__ = ["ImageDataset", "S3ImageDataset", "ScratchImageDataset", "decode_image", "DECODERS"]
+
+DECODERS = ("pil",)
+
+
+def decode_image(raw: bytes, decoder: str = "pil") -> Any:
+    """Bytes -> an RGB ``PIL.Image``.
+
+    ``img.load()`` forces the full decode here, so a truncated file fails now (in decode) rather
+    than later inside a transform. (torchvision.io's decoders are deprecated since torchvision
+    0.29, so PIL is the only decoder.)
+    """
+    if decoder not in DECODERS:
+        raise ConfigError(f"decoder must be one of {DECODERS}, got {decoder!r}")
+    from PIL import Image
+
+    with Image.open(io.BytesIO(raw)) as img:
+        img.load()
+        return img.convert("RGB")
+
+
+class ImageDataset(ConcurrentDataset):
+    """``(image, label)`` samples: ``keys[i]`` read from ``store``, ``labels[i]`` an int.
+
+    After the default collate the labels are an int64 tensor. Without a transform the image is a
+    ``PIL.Image`` (set one with :meth:`set_transform` before batching).
+    """
+
+    def __init__(self, store: ByteStore, keys: Sequence[str], labels: Sequence[int], *,
+                 transform: Callable[[Any], Any] | None = None, cache: DiskCache | None = None,
+                 decoder: str = "pil", classes: dict[str, int] | None = None) -> None:
+        if len(keys) != len(labels):
+            raise ConfigError(f"{len(keys)} keys but {len(labels)} labels")
+        if decoder not in DECODERS:
+            raise ConfigError(f"decoder must be one of {DECODERS}, got {decoder!r}")
+        self.store = store
+        self.keys = list(keys)
+        self.labels = [int(x) for x in labels]
+        self.transform = transform
+        self.cache = cache
+        self.decoder = decoder
+        self.classes = classes
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+    @property
+    def targets(self) -> list[int]:
+        """torchvision's name for the labels (samplers such as class-balanced ones look for it)."""
+        return self.labels
+
+    def set_transform(self, transform: Callable[[Any], Any] | None) -> None:
+        """Applied to each decoded image; set it before the DataLoader starts its workers."""
+        self.transform = transform
+
+    def describe(self, index: int) -> str:
+        return self.store.describe(self.keys[index])
+
+    def fetch_raw(self, index: int) -> bytes:
+        try:
+            return self._fetch(index)
+        except Exception as exc:
+            # The note names this dataset's own index (the position in the index file), even when
+            # the loader sees it through a Subset.
+            raise annotate_sample_error(exc, index, self._safe_describe(index))
+
+    async def fetch_raw_async(self, index: int) -> bytes:
+        try:
+            return await self._afetch(index)
+        except Exception as exc:
+            raise annotate_sample_error(exc, index, self._safe_describe(index))
+
+    def _fetch(self, index: int) -> bytes:
+        key = self.keys[index]
+        if self.cache is not None:
+            data = self.cache.get(key)
+            if data is not None:
+                return data
+        data = self.store.get(key)
+        if self.cache is not None:
+            self.cache.put(key, data)
+        return data
+
+    async def _afetch(self, index: int) -> bytes:
+        key = self.keys[index]
+        loop = asyncio.get_running_loop()
+        if self.cache is not None:
+            # NOTE: cache reads/writes are blocking file I/O; keep them off the event loop.
+            data = await loop.run_in_executor(None, self.cache.get, key)
+            if data is not None:
+                return data
+        data = await self.store.aget(key)
+        if self.cache is not None:
+            await loop.run_in_executor(None, self.cache.put, key, data)
+        return data
+
+    def decode(self, index: int, raw: bytes) -> tuple[Any, int]:
+        try:
+            image = decode_image(raw, self.decoder)
+        except Exception as exc:
+            where = self.describe(index)
+            err = SampleLoadError(f"{where} (index {index}): cannot decode image "
+                                  f"({len(raw)} bytes): {type(exc).__name__}: {exc}", index=index, key=where)
+            raise annotate_sample_error(err, index, where) from exc
+        if self.transform is not None:
+            try:
+                image = self.transform(image)
+            except Exception as exc:
+                raise annotate_sample_error(exc, index, self._safe_describe(index))
+        return image, self.labels[index]
+
+    def __getitem__(self, index: int) -> tuple[Any, int]:
+        # The stock torch DataLoader calls this directly; attach index and key like our fetchers do.
+        try:
+            return self.decode(index, self.fetch_raw(index))
+        except Exception as exc:
+            raise annotate_sample_error(exc, index, self._safe_describe(index))
+
+    def _safe_describe(self, index: int) -> str | None:
+        try:
+            return self.describe(index)
+        except Exception:
+            return None
+
+    def close_fetch_resources(self) -> None:
+        self.store.close()
+
+    async def aclose_fetch_resources(self) -> None:
+        await self.store.aclose()
+
+    def close(self) -> None:
+        self.store.close()
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({len(self)} images from {self.store!r}, cache={self.cache!r})"
+
+
+class S3ImageDataset(ImageDataset):
+    """Images stored as objects ``s3://<bucket>/<prefix><key>`` (any S3-compatible server).
+
+    ``s3_options`` go to :class:`~concurrent_dataloader.storage.S3Store`: ``endpoint_url``,
+    ``region_name``, ``addressing_style``, credentials, ``max_pool_connections`` (keep it at least
+    ``num_fetch_workers``), ``retry``.
+    """
+
+    def __init__(self, bucket: str, keys: Sequence[str], labels: Sequence[int], *, prefix: str = "",
+                 max_pool_connections: int = DEFAULT_MAX_POOL_CONNECTIONS, retry: RetryPolicy | None = None,
+                 transform: Callable[[Any], Any] | None = None, cache: DiskCache | None = None,
+                 decoder: str = "pil", classes: dict[str, int] | None = None, **s3_options: Any) -> None:
+        store = S3Store(bucket, prefix, max_pool_connections=max_pool_connections, retry=retry, **s3_options)
+        super().__init__(store, keys, labels, transform=transform, cache=cache, decoder=decoder, classes=classes)
+
+
+class ScratchImageDataset(ImageDataset):
+    """Images on a local or network filesystem: ``root / key``. Threads use plain reads, asyncio uses aiofiles."""
+
+    def __init__(self, root: str | os.PathLike | None, keys: Sequence[str], labels: Sequence[int], *,
+                 transform: Callable[[Any], Any] | None = None, cache: DiskCache | None = None,
+                 decoder: str = "pil", classes: dict[str, int] | None = None) -> None:
+        store = LocalStore(Path(root) if root is not None else Path())
+        super().__init__(store, keys, labels, transform=transform, cache=cache, decoder=decoder, classes=classes)
