@@ -178,3 +178,47 @@ class LeakCheck:
             if time.monotonic() > deadline:
                 raise AssertionError(f"leaked threads {threads} / child processes {sorted(children)}")
             time.sleep(0.05)
+
+
+def write_images(folder, names_and_sizes, seed: int = 0) -> list[str]:
+    """Write small deterministic RGB images; returns their paths in the order given.
+
+    ``names_and_sizes``: (file name, (width, height)) pairs; the extension picks the format.
+    """
+    from PIL import Image
+
+    os.makedirs(folder, exist_ok=True)
+    paths = []
+    for k, (name, (w, h)) in enumerate(names_and_sizes):
+        rng = np.random.default_rng(seed * 100003 + k)
+        arr = rng.integers(0, 256, size=(h, w, 3), dtype=np.uint8)
+        path = os.path.join(folder, name)
+        Image.fromarray(arr, "RGB").save(path, quality=90)
+        paths.append(path)
+    return paths
+
+
+class FileImageDataset(ConcurrentDataset):
+    """Test-local fetch/decode dataset over image files: bytes in fetch_raw, PIL decode in decode."""
+
+    def __init__(self, paths, labels=None) -> None:
+        self.paths = list(paths)
+        self.labels = labels
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def fetch_raw(self, index: int) -> bytes:
+        with open(self.paths[index], "rb") as f:
+            return f.read()
+
+    def decode(self, index: int, raw: bytes):
+        import io
+
+        from PIL import Image
+
+        img = np.array(Image.open(io.BytesIO(raw)).convert("RGB"))
+        return img if self.labels is None else (img, self.labels[index])
+
+    def describe(self, index: int) -> str:
+        return self.paths[index]
