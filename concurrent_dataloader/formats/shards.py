@@ -507,7 +507,9 @@ class TarShardSource:
         if store is None:
             if not bucket:
                 raise ConfigError("give a bucket (or a store URL / local directory), or store=")
-            if "://" in bucket or "/" in bucket or os.path.isdir(bucket):
+            # A plain name is a bucket; a URL or a path (with '/', or an existing folder when no
+            # endpoint is given) is used as is.
+            if "://" in bucket or "/" in bucket or (endpoint_url is None and os.path.isdir(bucket)):
                 url = bucket
             else:
                 url = f"s3://{bucket}/{prefix.strip('/')}" if prefix else f"s3://{bucket}"

@@ -28,6 +28,7 @@ import mmap
 import os
 import posixpath
 import tarfile
+import threading
 import warnings
 from pathlib import Path
 from typing import Any, BinaryIO, Callable, Iterable, Sequence
@@ -133,6 +134,20 @@ def load_labels_file(path: str | os.PathLike) -> dict[str, list[float]]:
 
 
 # --------------------------------------------------------------------------- byte sources
+# NOTE: guards lazy opening (fd, mmap, decompression) against two fetch threads racing. A lock
+# held by another thread at fork time would stay locked in the child, so the child gets a new one.
+_OPEN_LOCK = threading.Lock()
+
+
+def _reset_open_lock() -> None:
+    global _OPEN_LOCK
+    _OPEN_LOCK = threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_reset_open_lock)
+
+
 class _LocalFileSource:
     """A per-process file descriptor read with ``os.pread``.
 
@@ -147,10 +162,14 @@ class _LocalFileSource:
         self._pid: int | None = None
 
     def _get_fd(self) -> int:
-        if self._fd is None or self._pid != os.getpid():
-            self._fd = os.open(self.path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
-            self._pid = os.getpid()
-        return self._fd
+        fd, pid = self._fd, os.getpid()
+        if fd is not None and self._pid == pid:
+            return fd
+        with _OPEN_LOCK:
+            if self._fd is None or self._pid != pid:
+                self._fd = os.open(self.path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+                self._pid = pid
+            return self._fd
 
     def read(self, offset: int, size: int) -> bytes:
         fd = self._get_fd()
@@ -188,7 +207,11 @@ class _MmapSource:
         self._map: mmap.mmap | None = None
 
     def _get(self) -> mmap.mmap:
-        if self._map is None:
+        if self._map is not None:
+            return self._map
+        with _OPEN_LOCK:
+            if self._map is not None:
+                return self._map
             with open(self.path, "rb") as f:
                 self._map = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
             if hasattr(self._map, "madvise") and hasattr(mmap, "MADV_WILLNEED"):
@@ -224,7 +247,9 @@ class _MemorySource:
 
     def data(self) -> bytes:
         if self._data is None:
-            self._data = self._fetch_all()
+            with _OPEN_LOCK:
+                if self._data is None:
+                    self._data = self._fetch_all()
         return self._data
 
     def read(self, offset: int, size: int) -> bytes:
