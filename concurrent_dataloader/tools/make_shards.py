@@ -30,7 +30,9 @@ import tarfile
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Sequence
+
+from ..errors import ConfigError, DataFormatError
 
 __all__ = ["ShardWriter", "ShardSample", "collect_image_folder", "collect_index_file", "write_shards", "parse_size",
            "main"]
@@ -70,7 +72,7 @@ def collect_image_folder(root: Path, extensions: Sequence[str] = DEFAULT_EXTENSI
     """Images under ``root/<class>/...`` (any depth), classes sorted and numbered from 0."""
     root = Path(root)
     if not root.is_dir():
-        raise SystemExit(f"error: source folder not found: {root}")
+        raise FileNotFoundError(f"source folder not found: {root}")
     exts = tuple(e.lower() for e in extensions)
     classes = sorted(d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
     samples: list[ShardSample] = []
@@ -82,7 +84,7 @@ def collect_image_folder(root: Path, extensions: Sequence[str] = DEFAULT_EXTENSI
                     p = Path(dirpath) / name
                     samples.append(ShardSample(p, p.relative_to(root).as_posix(), idx))
     if not samples:
-        raise SystemExit(f"error: no images with extensions {list(exts)} in class folders under {root}")
+        raise DataFormatError(f"no images with extensions {list(exts)} in class folders under {root}")
     return samples, classes
 
 
@@ -97,7 +99,7 @@ def collect_index_file(index_file: Path, base: Path | None = None,
     try:
         paths = json.loads(text)
         if not isinstance(paths, list) or not all(isinstance(p, str) for p in paths):
-            raise SystemExit(f"error: {index_file}: expected a JSON list of paths")
+            raise DataFormatError(f"{index_file}: expected a JSON list of paths")
     except json.JSONDecodeError:
         paths = [line.strip() for line in text.splitlines() if line.strip() and not line.startswith("#")]
     base = Path(base) if base is not None else index_file.parent
@@ -107,7 +109,7 @@ def collect_index_file(index_file: Path, base: Path | None = None,
         mapping = {k: int(v["id"] if isinstance(v, dict) else v) for k, v in raw.items()}
         unknown = sorted(set(names) - set(mapping))
         if unknown:
-            raise SystemExit(f"error: {classes_file} has no id for classes {unknown[:5]}")
+            raise DataFormatError(f"{classes_file} has no id for classes {unknown[:5]}")
         classes = [c for c, _ in sorted(mapping.items(), key=lambda kv: kv[1])]
     else:
         mapping = {c: i for i, c in enumerate(names)}
@@ -116,10 +118,10 @@ def collect_index_file(index_file: Path, base: Path | None = None,
     for p in paths:
         full = base / p
         if not full.is_file():
-            raise SystemExit(f"error: {index_file} lists {p!r}, but {full} does not exist")
+            raise FileNotFoundError(f"{index_file} lists {p!r}, but {full} does not exist")
         samples.append(ShardSample(full, Path(p).as_posix(), mapping[Path(p).parent.name]))
     if not samples:
-        raise SystemExit(f"error: {index_file} lists no images")
+        raise DataFormatError(f"{index_file} lists no images")
     return samples, classes
 
 
@@ -245,7 +247,7 @@ def write_shards(samples: list[ShardSample], classes: list[str], output: str, pr
     for s in samples:
         key = _key_for(s.rel)
         if key in keys:
-            raise SystemExit(f"error: {s.rel!r} and {keys[key]!r} map to the same record key {key!r}; rename one")
+            raise ConfigError(f"{s.rel!r} and {keys[key]!r} map to the same record key {key!r}; rename one")
         keys[key] = s.rel
     order = list(samples)
     if shuffle:
@@ -294,18 +296,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     args = parser.parse_args(argv)
 
-    if args.index_file is not None:
-        if args.source is not None:
-            parser.error("give either a source folder or --index-file, not both")
-        samples, classes = collect_index_file(args.index_file, args.base, args.classes_file)
-    elif args.source is None:
+    if args.index_file is not None and args.source is not None:
+        parser.error("give either a source folder or --index-file, not both")
+    if args.index_file is None and args.source is None:
         parser.error("a source folder or --index-file is required")
-    else:
-        exts = [e if e.startswith(".") else "." + e for e in args.extensions.split(",") if e]
-        samples, classes = collect_image_folder(Path(args.source), exts)
-    options = {k: v for k, v in (("endpoint_url", args.endpoint_url), ("region_name", args.region)) if v}
-    manifest = write_shards(samples, classes, args.output, args.prefix, args.shard_size, args.max_count, args.gzip,
-                            args.shuffle, args.seed, options, progress=not args.no_progress)
+    try:
+        if args.index_file is not None:
+            samples, classes = collect_index_file(args.index_file, args.base, args.classes_file)
+        else:
+            exts = [e if e.startswith(".") else "." + e for e in args.extensions.split(",") if e]
+            samples, classes = collect_image_folder(Path(args.source), exts)
+        options = {k: v for k, v in (("endpoint_url", args.endpoint_url), ("region_name", args.region)) if v}
+        manifest = write_shards(samples, classes, args.output, args.prefix, args.shard_size, args.max_count,
+                                args.gzip, args.shuffle, args.seed, options, progress=not args.no_progress)
+    except (ConfigError, DataFormatError, FileNotFoundError) as exc:
+        parser.exit(2, f"error: {exc}\n")
     print(f"wrote {manifest['records']} records in {len(manifest['shards'])} shard(s): {manifest['template']}")
     return 0
 

@@ -71,7 +71,7 @@ def test_keys_follow_the_webdataset_rule(tmp_path):
     assert {r["__key__"]: sorted(k for k in r if not k.startswith("__")) for r in records} == {
         "cat/a_b": ["cls", "jpg"], "cat/c": ["cls", "png"]}
     (root / "cat" / "a_b.jpg").write_bytes(b"\xff\xd8 clash")
-    with pytest.raises(SystemExit, match="same record key"):
+    with pytest.raises(ValueError, match="same record key"):
         write_shards(*collect_image_folder(root), str(tmp_path / "o2"), "s", progress=False)
 
 
@@ -109,3 +109,14 @@ def test_parse_size_and_cli_help():
     assert proc.returncode == 0 and "--shard-size" in proc.stdout and "--index-file" in proc.stdout
     with pytest.raises(SystemExit):
         main(["out-only"])  # neither a source folder nor --index-file
+
+
+def test_cli_errors_are_one_line(tmp_path, capsys):
+    with pytest.raises(SystemExit) as info:
+        main([str(tmp_path / "missing"), str(tmp_path / "out")])
+    assert info.value.code == 2 and "error: source folder not found" in capsys.readouterr().err
+    index = tmp_path / "index.json"
+    index.write_text('["a/x.jpg"]')
+    with pytest.raises(SystemExit):
+        main(["--index-file", str(index), str(tmp_path / "out")])
+    assert "lists 'a/x.jpg'" in capsys.readouterr().err
