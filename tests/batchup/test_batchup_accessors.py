@@ -188,6 +188,7 @@ def test_data_source_dataset_with_our_dataloader(images, impl, num_workers):
     paths, pixels = images
     labels = np.arange(20) % 3
     acc = DatasetAccessor(FileImageDataset(paths), num_fetch_workers=4, fetch_impl=impl)
+    acc[np.arange(2)]  # fetch threads in the parent: forked workers must leave them alone and build their own
     tds = DataSourceDataset(data_source.ArrayDataSource([acc, labels, CountingAccessor(20)]))
     with DataLoader(tds, batch_size=6, num_workers=num_workers, fetch_impl=impl, num_fetch_workers=2) as dl:
         batches = list(dl)

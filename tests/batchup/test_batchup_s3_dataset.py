@@ -69,3 +69,34 @@ def test_accessor_over_project_s3_dataset(latency_server, s3_images, impl):
         for bx, by in src.batch_iterator(batch_size=16, shuffle=np.random.RandomState(12345)):
             assert bx.shape == (16, 8, 12, 3)
             assert set(by.tolist()) <= {0, 1}
+
+
+@pytest.mark.slow
+def test_print_batch_latency_table(latency_server, tmp_path):
+    """The figures in docs/batchup.md: ``pytest tests/batchup/test_batchup_s3_dataset.py -m slow -s``."""
+    keys = []
+    for k in range(64):
+        wnid = f"n{k % 2:08d}"
+        buf = io.BytesIO()
+        Image.fromarray(np.full((64, 64, 3), k, np.uint8)).save(buf, format="JPEG")
+        key = f"bench/{wnid}/{wnid}_{k}.JPEG"
+        latency_server.put_object("imgs", key, buf.getvalue())
+        keys.append(key)
+    (tmp_path / "index.json").write_text(json.dumps(keys))
+    (tmp_path / "classes.json").write_text(json.dumps({f"n{c:08d}": {"id": c, "name": f"c{c}"} for c in range(2)}))
+    ds = get_dataset("s3", "train", index_file=tmp_path / "index.json", classes_file=tmp_path / "classes.json",
+                     bucket="imgs", endpoint_url=latency_server.endpoint_url, addressing_style="path",
+                     max_pool_connections=64, transform=np.asarray, **CREDS)
+    print(f"\nbatch of 64 JPEGs, {LATENCY_MS} ms per request")
+    for impl in ("threaded", "asyncio"):
+        for workers in (1, 64):
+            with DatasetAccessor(ds, num_fetch_workers=workers, fetch_impl=impl, field=0) as acc:
+                acc[0]
+                latency_server.reset_stats()
+                t0 = time.perf_counter()
+                assert acc[np.arange(64)].shape == (64, 64, 64, 3)
+                elapsed = time.perf_counter() - t0
+                peak = latency_server.stats()["peak_in_flight"]
+            print(f"| {impl} | {workers} | {elapsed:.2f} s | {peak} |")
+            if workers == 64:
+                assert elapsed < 0.25 * 64 * LATENCY_MS / 1000
