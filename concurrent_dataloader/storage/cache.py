@@ -95,7 +95,7 @@ class DiskCache:
         try:
             with open(path, "rb") as f:
                 data = f.read()
-        except FileNotFoundError:  # never cached, or evicted by another process just now
+        except OSError:  # never cached, evicted by another process just now, or unreadable
             with self._lock:
                 self.misses += 1
             return None
