@@ -1,0 +1,538 @@
+"""The throughput benchmark: every loader side by side on the same data, storage and latency.
+
+One run of :func:`run_benchmark` (driven by a YAML config, see ``configs/quick.yaml``):
+
+1. writes (or reuses) a synthetic ImageNet-like dataset (:mod:`benchmarking.make_synthetic`);
+2. starts our fast S3 server (:mod:`benchmarking.s3_server`) in its own process, serving that
+   folder as a bucket, and measures its GET/s ceiling and each S3 client's CPU per GET;
+3. measures decode+transform CPU per image;
+4. for every point of the grid (storage x latency x loader x workers x fetch settings x batch
+   size) builds the dataset and loader, iterates a warm-up and a timed window, and records
+   img/s plus the CPU spent per image by the loader processes and by the server;
+5. returns the rows; :mod:`benchmarking.run` prints the table, writes CSV/JSON and plots.
+
+Loaders (all over the *same* dataset object, except s3torchconnector which brings its own):
+
+``torch``            stock ``torch.utils.data.DataLoader``
+``ours-threaded``    our DataLoader, ``fetch_impl="threaded"``
+``ours-asyncio``     our DataLoader, ``fetch_impl="asyncio"``
+``torch+getitems``   stock DataLoader over ``concurrent_getitems(dataset)``
+``s3torchconnector`` stock DataLoader over ``s3torchconnector.S3MapDataset`` on the same endpoint
+
+NOTE (processes): DataLoader workers are forked from this process; the server and the client
+micro-benchmarks run in separate processes so their CPU neither competes for our GIL nor
+pollutes the loader's CPU figures.
+"""
+
+from __future__ import annotations
+
+import io
+import itertools
+import os
+import time
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+__all__ = ["LOADERS", "STORAGES", "RunSpec", "BenchConfig", "load_config", "expand_grid", "run_benchmark",
+           "realistic_transform", "ratios_and_checks"]
+
+LOADERS = ("torch", "ours-threaded", "ours-asyncio", "torch+getitems", "s3torchconnector")
+STORAGES = ("scratch", "s3")
+TRANSFORMS = ("realistic", "decode", "none")
+S3_CLIENTS = ("lean", "botocore")
+BUCKET = "synthetic"
+CREDS = {"aws_access_key_id": "bench", "aws_secret_access_key": "bench-secret", "region_name": "us-east-1"}
+_USES_FETCH = ("ours-threaded", "ours-asyncio", "torch+getitems")
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """One point of the grid."""
+
+    storage: str = "s3"
+    latency_ms: float = 0.0
+    loader: str = "ours-asyncio"
+    s3_client: str = "lean"
+    num_workers: int = 2
+    num_fetch_workers: int = 32
+    batch_pool: int = 4
+    batch_size: int = 32
+    prefetch_factor: int = 2
+    transform: str = "realistic"
+
+    def normalized(self) -> "RunSpec":
+        """Settings that do not apply to a loader are blanked, so duplicate runs collapse."""
+        spec = self
+        if self.loader not in _USES_FETCH:
+            spec = _replace(spec, num_fetch_workers=0, batch_pool=0)
+        elif self.loader == "torch+getitems":
+            spec = _replace(spec, batch_pool=0)
+        if self.storage == "scratch":
+            spec = _replace(spec, s3_client="-", latency_ms=0.0)
+        if self.loader == "s3torchconnector":
+            spec = _replace(spec, s3_client="crt")
+        return spec
+
+    def validate(self) -> "RunSpec":
+        if self.storage not in STORAGES:
+            raise ValueError(f"storage must be one of {STORAGES}, got {self.storage!r}")
+        if self.loader not in LOADERS:
+            raise ValueError(f"loader must be one of {LOADERS}, got {self.loader!r}")
+        if self.transform not in TRANSFORMS:
+            raise ValueError(f"transform must be one of {TRANSFORMS}, got {self.transform!r}")
+        if self.storage == "s3" and self.s3_client not in S3_CLIENTS:
+            raise ValueError(f"s3_client must be one of {S3_CLIENTS}, got {self.s3_client!r}")
+        if self.loader == "s3torchconnector" and self.storage != "s3":
+            raise ValueError("s3torchconnector only reads from s3")
+        if self.latency_ms < 0 or self.num_workers < 0 or self.batch_size < 1:
+            raise ValueError(f"bad run settings: {self}")
+        return self
+
+
+def _replace(spec: RunSpec, **changes: Any) -> RunSpec:
+    return RunSpec(**{**asdict(spec), **changes})
+
+
+@dataclass
+class BenchConfig:
+    name: str = "bench"
+    seed: int = 0
+    dataset: dict[str, Any] = field(default_factory=dict)  # SyntheticSpec fields + optional "dir"
+    jitter_ms: float = 5.0
+    ceiling_seconds: float = 2.0
+    client_cpu_gets: int = 1000
+    client_cpu_clients: tuple[str, ...] = ("botocore", "aiobotocore", "lean-sync", "lean-async")
+    warmup_batches: int = 2
+    min_batches: int = 3
+    max_batches: int = 40
+    max_seconds: float = 4.0
+    loader_timeout_s: float = 120.0
+    runs: list[RunSpec] = field(default_factory=list)
+    targets: dict[str, float] = field(default_factory=dict)
+
+
+def expand_grid(defaults: dict[str, Any], grid: list[dict[str, Any]]) -> list[RunSpec]:
+    """Each grid entry maps RunSpec fields to a value or a list; their products, in order, deduplicated."""
+    names = {f.name for f in fields(RunSpec)}
+    unknown = set(defaults) - names
+    if unknown:
+        raise ValueError(f"unknown run settings in defaults: {sorted(unknown)} (known: {sorted(names)})")
+    out: list[RunSpec] = []
+    seen: set[RunSpec] = set()
+    for entry in grid:
+        unknown = set(entry) - names
+        if unknown:
+            raise ValueError(f"unknown run settings in grid entry {entry}: {sorted(unknown)}")
+        keys = list(entry)
+        values = [v if isinstance(v, list) else [v] for v in entry.values()]
+        for combo in itertools.product(*values):
+            spec = RunSpec(**{**defaults, **dict(zip(keys, combo))}).validate().normalized()
+            if spec not in seen:
+                seen.add(spec)
+                out.append(spec)
+    return out
+
+
+def load_config(path: str | os.PathLike, overrides: dict[str, Any] | None = None) -> BenchConfig:
+    """Read a YAML config (see ``configs/quick.yaml`` for every key)."""
+    import yaml
+
+    raw = yaml.safe_load(Path(path).read_text()) or {}
+    raw.update(overrides or {})
+    allowed = {"name", "seed", "dataset", "server", "client_cpu", "measure", "defaults", "grid", "targets"}
+    unknown = set(raw) - allowed
+    if unknown:
+        raise ValueError(f"{path}: unknown top-level keys {sorted(unknown)} (known: {sorted(allowed)})")
+    server = raw.get("server") or {}
+    client_cpu = raw.get("client_cpu") or {}
+    measure = raw.get("measure") or {}
+    if not raw.get("grid"):
+        raise ValueError(f"{path}: 'grid' must list at least one entry")
+    cfg = BenchConfig(
+        name=str(raw.get("name", Path(path).stem)), seed=int(raw.get("seed", 0)), dataset=dict(raw.get("dataset") or {}),
+        jitter_ms=float(server.get("jitter_ms", 5.0)), ceiling_seconds=float(server.get("ceiling_seconds", 2.0)),
+        client_cpu_gets=int(client_cpu.get("gets", 1000)),
+        client_cpu_clients=tuple(client_cpu.get("clients", BenchConfig.client_cpu_clients)),
+        warmup_batches=int(measure.get("warmup_batches", 2)), min_batches=int(measure.get("min_batches", 3)),
+        max_batches=int(measure.get("max_batches", 40)), max_seconds=float(measure.get("max_seconds", 4.0)),
+        loader_timeout_s=float(measure.get("loader_timeout_s", 120.0)),
+        runs=expand_grid(dict(raw.get("defaults") or {}), list(raw["grid"])),
+        targets={k: float(v) for k, v in (raw.get("targets") or {}).items()},
+    )
+    return cfg
+
+
+# ---------------------------------------------------------------------------------------------
+# Datasets and loaders
+# ---------------------------------------------------------------------------------------------
+
+def realistic_transform() -> Callable[[Any], Any]:
+    """The ImageNet training transform: RandomResizedCrop(224), horizontal flip, ToTensor."""
+    import torchvision.transforms as T
+
+    return T.Compose([T.RandomResizedCrop(224), T.RandomHorizontalFlip(), T.ToTensor()])
+
+
+class _PilToArray:
+    """'decode' transform: keep the decoded pixels, as a tensor of the original size (no resize)."""
+
+    def __call__(self, img: Any) -> Any:
+        import numpy as np
+        import torch
+
+        return torch.from_numpy(np.asarray(img).copy())
+
+
+def _collate_images(batch: list) -> Any:
+    """Collate that tolerates images of different sizes (transform 'decode' or 'none')."""
+    import torch
+    from torch.utils.data import default_collate
+
+    first = batch[0][0]
+    if isinstance(first, torch.Tensor) and all(b[0].shape == first.shape for b in batch):
+        return default_collate(batch)
+    return [b[0] for b in batch], torch.tensor([b[1] for b in batch])
+
+
+def _transform(name: str) -> Callable[[Any], Any] | None:
+    if name == "realistic":
+        return realistic_transform()
+    if name == "decode":
+        return _PilToArray()
+    return None
+
+
+class S3ReaderTransform:
+    """s3torchconnector hands its transform an ``S3Reader``: read it, then do what our datasets do."""
+
+    def __init__(self, labels: dict[str, int], transform: Callable[[Any], Any] | None) -> None:
+        self.labels = labels
+        self.transform = transform
+
+    def __call__(self, reader: Any) -> tuple[Any, int]:
+        from concurrent_dataloader.datasets import decode_image
+
+        image = decode_image(reader.read())
+        if self.transform is not None:
+            image = self.transform(image)
+        return image, self.labels[reader.key]
+
+
+def build_dataset(spec: RunSpec, data_dir: Path, endpoint_url: str | None, limit: int | None = None) -> Any:
+    """The dataset a run reads. ``s3`` + ``lean`` swaps the botocore store for :class:`LeanS3Store`."""
+    from concurrent_dataloader.datasets import ImageDataset, get_dataset
+
+    transform = _transform(spec.transform)
+    common = dict(dataset_type="train", limit=limit, index_file=data_dir / f"index-{spec.storage}-train.json",
+                  classes_file=data_dir / "imagenet-train-classes.json", transform=transform)
+    if spec.storage == "scratch":
+        return get_dataset("scratch", root=data_dir, **common)
+    if spec.loader == "s3torchconnector":
+        from s3torchconnector import S3ClientConfig, S3MapDataset
+
+        base = get_dataset("s3", bucket=BUCKET, endpoint_url=endpoint_url, validate=False, **common, **CREDS)
+        labels = dict(zip(base.keys, base.labels))
+        # NOTE: the CRT client reads credentials from the environment (set in run_benchmark).
+        return S3MapDataset.from_objects([f"s3://{BUCKET}/{k}" for k in base.keys], region=CREDS["region_name"],
+                                         endpoint=endpoint_url, transform=S3ReaderTransform(labels, transform),
+                                         s3client_config=S3ClientConfig(force_path_style=True))
+    pool = max(64, spec.num_fetch_workers)
+    ds = get_dataset("s3", bucket=BUCKET, endpoint_url=endpoint_url, max_pool_connections=pool, **common, **CREDS)
+    if spec.s3_client == "lean":
+        from concurrent_dataloader.storage.s3_http import LeanS3Store
+
+        store = LeanS3Store(BUCKET, endpoint_url=endpoint_url, max_pool_connections=pool, **CREDS)
+        ds.close()
+        ds = ImageDataset(store, ds.keys, ds.labels, transform=transform, classes=ds.classes)
+    return ds
+
+
+def build_loader(spec: RunSpec, dataset: Any, seed: int, timeout_s: float) -> Any:
+    import torch
+    import torch.utils.data
+
+    from concurrent_dataloader import DataLoader, concurrent_getitems
+
+    g = torch.Generator()
+    g.manual_seed(seed)
+    common: dict[str, Any] = dict(batch_size=spec.batch_size, shuffle=True, generator=g, num_workers=spec.num_workers,
+                                  collate_fn=None if spec.transform == "realistic" else _collate_images)
+    if spec.num_workers > 0:
+        common.update(prefetch_factor=spec.prefetch_factor, timeout=timeout_s)
+    if spec.loader in ("torch", "s3torchconnector"):
+        return torch.utils.data.DataLoader(dataset, **common)
+    if spec.loader == "torch+getitems":
+        return torch.utils.data.DataLoader(concurrent_getitems(dataset, num_fetch_workers=spec.num_fetch_workers),
+                                           **common)
+    impl = spec.loader.split("-", 1)[1]
+    return DataLoader(dataset, num_fetch_workers=spec.num_fetch_workers, fetch_impl=impl, batch_pool=spec.batch_pool,
+                      **common)
+
+
+# ---------------------------------------------------------------------------------------------
+# Measuring
+# ---------------------------------------------------------------------------------------------
+
+def _cpu_seconds(exclude: set[int]) -> float:
+    """CPU time of this process and its live children (the DataLoader workers), minus ``exclude``."""
+    import psutil
+
+    me = psutil.Process()
+    t = me.cpu_times()
+    total = t.user + t.system
+    for child in me.children(recursive=True):
+        if child.pid in exclude:
+            continue
+        try:
+            ct = child.cpu_times()
+            total += ct.user + ct.system
+        except psutil.Error:
+            pass
+    return total
+
+
+def measure_run(spec: RunSpec, cfg: BenchConfig, data_dir: Path, server: Any, exclude_pids: set[int],
+                limit: int | None = None) -> dict[str, Any]:
+    """Warm up, then time batches until ``max_seconds`` or ``max_batches`` (at least ``min_batches``)."""
+    if server is not None:
+        server.configure(latency_ms=spec.latency_ms, jitter_ms=cfg.jitter_ms if spec.latency_ms > 0 else 0.0)
+    dataset = build_dataset(spec, data_dir, server.endpoint_url if server is not None else None, limit)
+    loader = build_loader(spec, dataset, cfg.seed, cfg.loader_timeout_s)
+    batches_per_epoch = len(loader)
+    needed = cfg.warmup_batches + cfg.min_batches
+    if batches_per_epoch < needed:
+        raise ValueError(f"the dataset gives {batches_per_epoch} batches per epoch; the run needs {needed} "
+                         "(raise dataset.train or lower batch_size/measure settings)")
+    it = iter(loader)
+    images = 0
+    try:
+        for _ in range(cfg.warmup_batches):
+            next(it)
+        if server is not None:
+            server.reset_stats()
+        cpu0, t0 = _cpu_seconds(exclude_pids), time.perf_counter()
+        n = 0
+        while n < min(cfg.max_batches, batches_per_epoch - cfg.warmup_batches):
+            batch = next(it)
+            images += len(batch[1])
+            n += 1
+            if n >= cfg.min_batches and time.perf_counter() - t0 >= cfg.max_seconds:
+                break
+        t1 = time.perf_counter()
+        cpu1 = _cpu_seconds(exclude_pids)  # NOTE: before the workers exit, so their CPU is counted
+        stats = server.stats() if server is not None else None
+    finally:
+        del it
+        close = getattr(loader, "close", None)
+        if callable(close):
+            close()
+        ds_close = getattr(dataset, "close", None)
+        if callable(ds_close):
+            ds_close()
+    seconds = t1 - t0
+    row: dict[str, Any] = {**asdict(spec), "status": "ok", "images": images, "seconds": round(seconds, 3),
+                           "img_per_s": images / seconds, "loader_cpu_ms_per_img": (cpu1 - cpu0) / images * 1e3}
+    if stats is not None and spec.storage == "s3":
+        gets = max(1, stats["gets"])
+        row.update(server_cpu_ms_per_img=stats["server_cpu_s"] / images * 1e3,
+                   server_cpu_ms_per_get=stats["server_cpu_s"] / gets * 1e3,
+                   server_core_util=stats["server_cpu_s"] / seconds, server_gets=stats["gets"],
+                   server_peak_in_flight=stats["peak_in_flight"])
+    return row
+
+
+def measure_decode_ms(data_dir: Path, transform: str, n: int = 60) -> float:
+    """CPU ms to decode + transform one image, single-threaded, in this process."""
+    import json
+
+    import torch
+
+    from concurrent_dataloader.datasets import decode_image
+
+    keys = json.loads((data_dir / "index-scratch-train.json").read_text())
+    step = max(1, len(keys) // n)
+    raws = [(data_dir / k).read_bytes() for k in keys[::step][:n]]
+    tf = _transform(transform)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as in a DataLoader worker
+    try:
+        for raw in raws[:5]:
+            decode_image(raw)
+        c0 = time.process_time()
+        for raw in raws:
+            img = decode_image(raw)
+            if tf is not None:
+                tf(img)
+        return (time.process_time() - c0) / len(raws) * 1e3
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _client_for(row: dict[str, Any]) -> str | None:
+    if row["storage"] != "s3" or row["loader"] == "s3torchconnector":
+        return None
+    impl = "async" if row["loader"] == "ours-asyncio" else "sync"
+    return f"lean-{impl}" if row["s3_client"] == "lean" else ("aiobotocore" if impl == "async" else "botocore")
+
+
+def ratios_and_checks(rows: list[dict[str, Any]], targets: dict[str, float] | None = None,
+                      client_cpu: dict[str, float] | None = None) -> list[dict[str, Any]]:
+    """Fill ``ratio_vs_torch`` per row and evaluate the issue's targets; returns the checks.
+
+    The reference of a row is the stock torch run with the same storage, latency, s3 client,
+    workers, batch size and transform, in the same benchmark run.
+    """
+    def ref_key(r: dict[str, Any]) -> tuple:
+        return (r["storage"], r["latency_ms"], r["num_workers"], r["batch_size"], r["transform"], r["prefetch_factor"])
+
+    ok = [r for r in rows if r.get("status") == "ok"]
+    torch_ref: dict[tuple, dict[str, Any]] = {}
+    for r in ok:
+        if r["loader"] == "torch":
+            torch_ref.setdefault(ref_key(r) + (r["s3_client"],), r)
+    for r in ok:
+        ref = torch_ref.get(ref_key(r) + (r["s3_client"],)) or next(
+            (v for k, v in torch_ref.items() if k[:-1] == ref_key(r)), None)
+        r["ratio_vs_torch"] = r["img_per_s"] / ref["img_per_s"] if ref else None
+
+    targets = targets or {}
+    checks: list[dict[str, Any]] = []
+
+    def best(pred: Callable[[dict[str, Any]], bool]) -> dict[str, Any] | None:
+        cands = [r for r in ok if pred(r)]
+        return max(cands, key=lambda r: r["img_per_s"]) if cands else None
+
+    def add(name: str, value: float | None, target: float | None, detail: str) -> None:
+        checks.append({"check": name, "value": value, "target": target, "detail": detail,
+                       "pass": None if value is None or target is None else value >= target})
+
+    workers = int(targets.get("workers", 2))
+    lat = float(targets.get("latency_ms", 50))
+    ours = ("ours-threaded", "ours-asyncio")
+    is_default_fetch = _default_fetch(ok, workers)
+    for impl in ours:
+        o = best(lambda r: r["storage"] == "s3" and r["latency_ms"] == lat and r["loader"] == impl
+                 and r["num_workers"] == workers and is_default_fetch(r))
+        t = best(lambda r: r["storage"] == "s3" and r["latency_ms"] == lat and r["loader"] == "torch"
+                 and r["num_workers"] == workers)
+        s = best(lambda r: r["storage"] == "s3" and r["latency_ms"] == lat and r["loader"] == "s3torchconnector"
+                 and r["num_workers"] == workers)
+        o0 = best(lambda r: r["storage"] == "s3" and r["latency_ms"] == 0 and r["loader"] == impl
+                  and r["num_workers"] == workers and is_default_fetch(r))
+        sc = best(lambda r: r["storage"] == "scratch" and r["loader"] == impl and r["num_workers"] == workers
+                  and is_default_fetch(r))
+        sct = best(lambda r: r["storage"] == "scratch" and r["loader"] == "torch" and r["num_workers"] == workers)
+        if o and t:
+            add(f"{impl} / torch, s3 {lat:g} ms, {workers} workers", o["img_per_s"] / t["img_per_s"],
+                targets.get("vs_torch_at_latency"), f"{o['img_per_s']:.0f} vs {t['img_per_s']:.0f} img/s")
+        if o and s:
+            add(f"{impl} / s3torchconnector, s3 {lat:g} ms", o["img_per_s"] / s["img_per_s"],
+                targets.get("vs_s3torchconnector_at_latency"), f"{o['img_per_s']:.0f} vs {s['img_per_s']:.0f} img/s")
+        if o and o0:
+            add(f"{impl} at {lat:g} ms / at 0 ms (latency hiding)", o["img_per_s"] / o0["img_per_s"],
+                targets.get("latency_hiding"), f"{o['img_per_s']:.0f} vs {o0['img_per_s']:.0f} img/s")
+        if sc and sct:
+            add(f"{impl} / torch, scratch 0 ms", sc["img_per_s"] / sct["img_per_s"], targets.get("scratch_vs_torch"),
+                f"{sc['img_per_s']:.0f} vs {sct['img_per_s']:.0f} img/s")
+    if client_cpu:
+        for name in ("lean-sync", "lean-async"):
+            if name in client_cpu:
+                # lower is better: report as budget / value so ">= 1" means within budget
+                budget = targets.get("client_cpu_ms_per_get")
+                v = client_cpu[name]
+                checks.append({"check": f"{name} client CPU ms per GET", "value": v, "target": budget,
+                               "detail": f"botocore {client_cpu.get('botocore', float('nan')):.3f}, aiobotocore "
+                                         f"{client_cpu.get('aiobotocore', float('nan')):.3f} ms",
+                               "pass": None if budget is None else v <= budget})
+    return checks
+
+
+def _default_fetch(rows: list[dict[str, Any]], workers: int) -> Callable[[dict[str, Any]], bool]:
+    """The most common (num_fetch_workers, batch_pool) among our runs: the grid's defaults."""
+    from collections import Counter
+
+    counts = Counter((r["num_fetch_workers"], r["batch_pool"]) for r in rows
+                     if r["loader"] in ("ours-threaded", "ours-asyncio"))
+    if not counts:
+        return lambda r: True
+    nfw, pool = counts.most_common(1)[0][0]
+    return lambda r: r["num_fetch_workers"] == nfw and r["batch_pool"] == pool
+
+
+def run_benchmark(cfg: BenchConfig, data_root: Path, progress: bool = True,
+                  log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Run the whole grid. Returns ``{"rows", "checks", "ceiling", "client_cpu", "decode_ms", ...}``."""
+    from tqdm import tqdm
+
+    from .make_synthetic import SyntheticSpec, make_synthetic
+    from .s3_bench import client_cpu_subprocess, server_ceiling
+    from .s3_server import ServerProcess
+
+    ds_cfg = dict(cfg.dataset)
+    data_dir = Path(ds_cfg.pop("dir", "")) if ds_cfg.get("dir") else None
+    spec = SyntheticSpec(**{**ds_cfg, "seed": cfg.seed})
+    if data_dir is None:
+        data_dir = data_root / (f"synthetic-{spec.train}x{spec.width}x{spec.height}-{spec.classes}c-"
+                                f"{spec.target_kb:g}kb-s{spec.seed}")
+    manifest = make_synthetic(data_dir, spec, progress=progress)
+    log(f"dataset: {manifest['images']} JPEGs, mean {manifest.get('mean_kb')} KB, in {data_dir}")
+
+    needs_s3 = any(r.storage == "s3" for r in cfg.runs)
+    os.environ.setdefault("AWS_ACCESS_KEY_ID", CREDS["aws_access_key_id"])
+    os.environ.setdefault("AWS_SECRET_ACCESS_KEY", CREDS["aws_secret_access_key"])
+    os.environ.setdefault("AWS_REGION", CREDS["region_name"])
+    server = ServerProcess(buckets={BUCKET: data_dir}, seed=cfg.seed) if needs_s3 else None
+    out: dict[str, Any] = {"config": cfg.name, "dataset": manifest, "rows": [], "ceiling": None, "client_cpu": {},
+                           "decode_ms": {}}
+    try:
+        exclude = {server.proc.pid} if server is not None else set()
+        import json
+
+        keys = json.loads((data_dir / "index-s3-train.json").read_text())[:256]
+        if server is not None:
+            out["ceiling"] = server_ceiling(server, BUCKET, keys, cfg.ceiling_seconds)
+            c = out["ceiling"]
+            log(f"server ceiling: {c['gets_per_s']:,.0f} GET/s at 0 ms (server CPU {c['server_cpu_ms_per_get']:.3f} "
+                f"ms/GET, {c['server_core_utilisation']:.0%} of a core; CPU-bound limit "
+                f"{c['cpu_bound_gets_per_s']:,.0f} GET/s)")
+            for client in cfg.client_cpu_clients:
+                r = client_cpu_subprocess(client, server.endpoint_url, BUCKET, keys, cfg.client_cpu_gets, 16)
+                out["client_cpu"][client] = r["cpu_ms_per_get"]
+            log("client CPU per GET: " + ", ".join(f"{k} {v:.3f} ms" for k, v in out["client_cpu"].items()))
+        for t in sorted({r.transform for r in cfg.runs}):
+            out["decode_ms"][t] = measure_decode_ms(data_dir, t)
+        log("decode+transform CPU per image: " + ", ".join(f"{k} {v:.2f} ms" for k, v in out["decode_ms"].items()))
+
+        bar = tqdm(cfg.runs, desc=cfg.name, unit="run", disable=not progress)
+        for spec_ in bar:
+            bar.set_postfix_str(f"{spec_.storage} {spec_.latency_ms:g}ms {spec_.loader} nw={spec_.num_workers} "
+                                f"nfw={spec_.num_fetch_workers}")
+            try:
+                row = measure_run(spec_, cfg, data_dir, server, exclude)
+            except ImportError as exc:
+                row = {**asdict(spec_), "status": f"n/a: {exc}"}
+            except Exception as exc:  # one broken loader must not lose the other results
+                row = {**asdict(spec_), "status": f"error: {type(exc).__name__}: {str(exc)[:300]}"}
+            _split_cpu(row, out)
+            out["rows"].append(row)
+        bar.close()
+    finally:
+        if server is not None:
+            server.stop()
+    out["checks"] = ratios_and_checks(out["rows"], cfg.targets, out["client_cpu"])
+    return out
+
+
+def _split_cpu(row: dict[str, Any], out: dict[str, Any]) -> None:
+    """CPU ms per image split into client (S3 GET), decode+transform, and the rest (loader, IPC, collate)."""
+    if row.get("status") != "ok":
+        return
+    decode = out["decode_ms"].get(row["transform"])
+    client_name = _client_for(row)
+    client = out["client_cpu"].get(client_name) if client_name else (0.0 if row["storage"] == "scratch" else None)
+    row["decode_ms_per_img"] = decode
+    row["client_ms_per_img"] = client
+    row["ceiling_gets_per_s"] = (out.get("ceiling") or {}).get("gets_per_s")
+    if decode is not None:
+        row["other_ms_per_img"] = row["loader_cpu_ms_per_img"] - decode - (client or 0.0)
