@@ -20,6 +20,9 @@ import psutil
 
 from concurrent_dataloader import ConcurrentDataset
 
+# Long enough that a busy 2-core machine can sign and send a whole batch of requests before
+# the first answer comes back (the overlap tests count requests in flight at the server).
+PROXY_LATENCY_S = 0.1
 
 class RequestStats:
     """In-flight request counter shared by the proxy's handler threads."""

@@ -6,14 +6,14 @@ import threading
 
 import pytest
 
-from batchup_helpers import ProxyServer, RequestStats, make_proxy_handler
+from batchup_helpers import PROXY_LATENCY_S, ProxyServer, RequestStats, make_proxy_handler
 
 
 @pytest.fixture
 def latency_s3(s3_server):
-    """``(endpoint_url, stats)``: S3 through a proxy adding 50 ms per request and counting concurrency."""
+    """``(endpoint_url, stats)``: S3 through a proxy adding PROXY_LATENCY_S per request and counting concurrency."""
     stats = RequestStats()
-    server = ProxyServer(("127.0.0.1", 0), make_proxy_handler(s3_server, 0.05, stats))
+    server = ProxyServer(("127.0.0.1", 0), make_proxy_handler(s3_server, PROXY_LATENCY_S, stats))
     thread = threading.Thread(target=server.serve_forever, name="latency-proxy", daemon=True)
     thread.start()
     try:
