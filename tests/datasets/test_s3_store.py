@@ -203,7 +203,7 @@ def _child_get(store, key, queue):
         queue.put(("error", repr(exc), None))
 
 
-@pytest.mark.parametrize("method", ["fork", "spawn"])
+@pytest.mark.parametrize("method", ["fork", pytest.param("spawn", marks=pytest.mark.slow)])
 def test_store_survives_fork_and_spawn(store, method):
     store.put("a", b"payload")
     assert store.get("a") == b"payload"  # parent has a live client before the fork
