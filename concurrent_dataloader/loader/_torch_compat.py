@@ -98,11 +98,21 @@ def override_map_fetcher(dataset: Any, make: Callable[[], PipelineFetcher]) -> I
         _DatasetKind.create_fetcher = staticmethod(original)
 
 
+def num_yielded(iterator: Any) -> int:
+    """Batches this iterator has returned to the caller in the current epoch."""
+    return iterator._num_yielded
+
+
+def index_sampler(loader: tud.DataLoader) -> Any:
+    return loader._index_sampler
+
+
 class ConcurrentSingleProcessIter(_tud_dataloader._SingleProcessDataLoaderIter):
     """num_workers=0: the fetchers run in the main process with the same read-ahead."""
 
-    def __init__(self, loader: tud.DataLoader, fetcher: SampleFetcher, batch_pool: int) -> None:
-        super().__init__(loader)
+    def __init__(self, loader: tud.DataLoader, fetcher: SampleFetcher, batch_pool: int,
+                 sampler: Any = None) -> None:
+        super().__init__(_LoaderView(loader, {"_index_sampler": sampler}) if sampler is not None else loader)
         self._batch_pool = batch_pool
         self._read_ahead = ReadAhead(fetcher, self._auto_collation, self._collate_fn)
         self._exhausted = False
@@ -165,9 +175,12 @@ class _LoaderView:
 
 
 class ConcurrentMultiProcessingIter(_tud_dataloader._MultiProcessingDataLoaderIter):
-    def __init__(self, loader: tud.DataLoader, config: FetchConfig, worker_loop: Callable[..., None]) -> None:
+    def __init__(self, loader: tud.DataLoader, config: FetchConfig, worker_loop: Callable[..., None],
+                 sampler: Any = None) -> None:
         context = loader.multiprocessing_context or torch.multiprocessing
+        overrides = {"_index_sampler": sampler} if sampler is not None else {}
         view = _LoaderView(loader, {
+            **overrides,
             # Stock torch sends each worker only prefetch_factor batches; our workers need
             # batch_pool of them to keep that many in flight.
             "prefetch_factor": max(loader.prefetch_factor or 2, config.batch_pool),

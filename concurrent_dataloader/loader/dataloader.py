@@ -10,6 +10,7 @@ import torch.utils.data
 from . import _torch_compat
 from .config import FetchConfig
 from .fetchers import SampleFetcher, make_fetcher
+from .resume import STATE_VERSION, ResumableIndexSampler, capture_rng, restore_rng, validate_state
 from .worker import _worker_loop
 
 __all__ = ["DataLoader"]
@@ -43,6 +44,10 @@ class DataLoader(torch.utils.data.DataLoader):
         # Multi-process iterators still alive, so close() can stop their workers at once
         # (otherwise they stop when the iterator is garbage-collected, as in torch).
         self._live_iterators: weakref.WeakSet = weakref.WeakSet()
+        # Mid-epoch resume: the sampler wrapper and iterator of the current epoch, and a state
+        # waiting to be replayed by the next iterator.
+        self._resume_track: tuple[weakref.ref, ResumableIndexSampler] | None = None
+        self._pending_resume: dict | None = None
 
     @property
     def num_fetch_workers(self) -> int:
@@ -59,14 +64,58 @@ class DataLoader(torch.utils.data.DataLoader):
     def _get_iterator(self) -> Any:
         if not _torch_compat.is_map_style(self):
             return super()._get_iterator()
+        pending, self._pending_resume = self._pending_resume, None
+        if pending is not None and pending.get("pre_iterator_rng"):
+            restore_rng(self, pending["pre_iterator_rng"])
+        sampler = ResumableIndexSampler(_torch_compat.index_sampler(self), self, capture_rng(self))
+        sampler.pending = pending
         if self.num_workers == 0:
             if self._main_fetcher is None:
                 self._main_fetcher = make_fetcher(self.dataset, self.fetch_config)
-            return _torch_compat.ConcurrentSingleProcessIter(self, self._main_fetcher, self.batch_pool)
-        self.check_worker_number_rationality()
-        iterator = _torch_compat.ConcurrentMultiProcessingIter(self, self.fetch_config, _worker_loop)
-        self._live_iterators.add(iterator)
+            iterator = _torch_compat.ConcurrentSingleProcessIter(self, self._main_fetcher, self.batch_pool, sampler)
+        else:
+            self.check_worker_number_rationality()
+            iterator = _torch_compat.ConcurrentMultiProcessingIter(self, self.fetch_config, _worker_loop, sampler)
+            self._live_iterators.add(iterator)
+        self._resume_track = (weakref.ref(iterator), sampler)
         return iterator
+
+    def state_dict(self) -> dict[str, Any]:
+        """Where this epoch stands, as a small JSON-able dict (no pickled objects).
+
+        After ``load_state_dict`` in a fresh process, the next ``iter(loader)`` continues with
+        exactly the batches an uninterrupted run would have produced next (for map-style datasets).
+        """
+        if not _torch_compat.is_map_style(self):
+            raise TypeError("state_dict() needs a map-style dataset; an IterableDataset owns its own position")
+        track = self._resume_track
+        iterator = track[0]() if track is not None else None
+        sampler = track[1] if track is not None else None
+        state: dict[str, Any] = {"version": STATE_VERSION, "batches_yielded": 0, "rng": None,
+                                 "pre_iterator_rng": None,
+                                 "sampler_epoch": getattr(self.sampler, "epoch", None)}
+        started = iterator is not None and sampler is not None and sampler.epoch_rng is not None
+        yielded = sampler.skipped + _torch_compat.num_yielded(iterator) if started else 0
+        if started and yielded < len(self):  # mid-epoch (possibly before its first batch)
+            state.update(batches_yielded=yielded, rng=sampler.epoch_rng,
+                         pre_iterator_rng=sampler.pre_iterator_rng if sampler.epochs_started == 1 else None)
+        elif iterator is not None and not started:  # iterator made, sampler not drawn yet
+            state["pre_iterator_rng"] = sampler.pre_iterator_rng
+        elif self.persistent_workers and self.num_workers > 0 and iterator is not None:
+            # The next epoch reuses the workers: its sampler draws from the RNG as it is now.
+            state["rng"] = capture_rng(self)
+        else:  # the next epoch starts a new iterator, which first draws the workers' base seed
+            state["pre_iterator_rng"] = capture_rng(self)
+        return state
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Arrange for the next ``iter(loader)`` to continue from ``state`` (see ``state_dict``)."""
+        state = validate_state(state, len(self) if _torch_compat.is_map_style(self) else None)
+        epoch = state.get("sampler_epoch")
+        if epoch is not None and callable(getattr(self.sampler, "set_epoch", None)):
+            self.sampler.set_epoch(epoch)
+        self.close()  # persistent workers must start over to replay the state
+        self._pending_resume = dict(state)
 
     def close(self) -> None:
         """Stop worker processes (persistent ones included) and main-process fetch threads."""
