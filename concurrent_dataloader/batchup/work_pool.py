@@ -267,6 +267,9 @@ class WorkStream:
     """Tasks from a generator, run by a pool with up to ``task_buffer_size`` queued; results in order.
 
     Work starts in the constructor. Normally made by :meth:`AbstractWorkerPool.work_stream`.
+
+    NOTE: a stream has a single consumer (tasks are drawn from the generator in the consumer's
+    thread, which keeps their order deterministic); a pool may serve several streams.
     """
 
     def __init__(self, worker_pool: AbstractWorkerPool, task_generator: Iterable[tuple],
