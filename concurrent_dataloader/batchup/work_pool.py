@@ -330,8 +330,9 @@ class WorkStream:
 
     def _fail(self, exc: BaseException) -> None:
         pool_name = type(self._pool).__name__
-        exc.add_note(f"{_NOTE_PREFIX} raised by a {pool_name} worker in task {self._n_retrieved} of the stream; "
-                     "the pool has been shut down")
+        if hasattr(exc, "add_note"):  # Python >= 3.11
+            exc.add_note(f"{_NOTE_PREFIX} raised by a {pool_name} worker in task {self._n_retrieved} of the "
+                         "stream; the pool has been shut down")
         self.close()
         self._pool.close(_reason=f"a worker raised {type(exc).__name__}: {exc}")
 
