@@ -12,6 +12,7 @@ import argparse
 import csv
 import json
 import math
+import os
 import sys
 import time
 from pathlib import Path
@@ -25,7 +26,7 @@ _COLUMNS = ["storage", "latency_ms", "loader", "s3_client", "num_workers", "num_
             "batch_size", "prefetch_factor", "transform", "status", "images", "seconds", "img_per_s", "ratio_vs_torch",
             "loader_cpu_ms_per_img", "client_ms_per_img", "decode_ms_per_img", "other_ms_per_img",
             "server_cpu_ms_per_img", "server_cpu_ms_per_get", "server_core_util", "server_gets",
-            "server_peak_in_flight", "ceiling_gets_per_s"]
+            "server_peak_in_flight", "ceiling_gets_per_s", "img_per_s_repeats"]
 
 
 def _f(v: Any, fmt: str, dash: str = "-") -> str:
@@ -37,6 +38,9 @@ def _f(v: Any, fmt: str, dash: str = "-") -> str:
 def format_table(result: dict[str, Any]) -> str:
     c = result.get("ceiling")
     lines = []
+    if result.get("load_avg_start"):
+        lines.append(f"machine load average at start/end: {result['load_avg_start'][0]:.1f} / "
+                     f"{result['load_avg_end'][0]:.1f} on {os.cpu_count()} cores (other work shares the CPU)")
     if c:
         lines.append(f"server ceiling (0 ms, 2 client processes x 64): {c['gets_per_s']:,.0f} GET/s; server CPU "
                      f"{c['server_cpu_ms_per_get']:.3f} ms/GET -> one core could answer "
