@@ -4,6 +4,7 @@
 """
 
 from .datasets import S3ImageDataset, ScratchImageDataset, get_dataset
+from . import telemetry
 from .errors import ConcurrentDataLoaderError, ConfigError, DataFormatError, SampleLoadError
 from .loader import (
     ConcurrentDataset,
@@ -31,4 +32,5 @@ __all__ = [
     "DataFormatError",
     "SampleLoadError",
     "__version__",
+    "telemetry",
 ]

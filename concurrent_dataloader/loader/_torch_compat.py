@@ -32,6 +32,7 @@ from torch.utils.data import _utils as _tud_utils
 from torch.utils.data import dataloader as _tud_dataloader
 from torch.utils.data._utils import worker as _tud_worker
 
+from ..telemetry import EpochTimer, StatsBlock
 from .config import FetchConfig, InitFnWithConfig
 from .fetchers import SampleFetcher
 from .pipeline import PipelineFetcher, ReadAhead, ReadAheadIndexQueue
@@ -55,7 +56,7 @@ if getattr(TORCH_WORKER_LOOP, "__module__", "").startswith("concurrent_dataloade
 WORKER_LOOP_PARAMS: tuple[str, ...] = tuple(inspect.signature(TORCH_WORKER_LOOP).parameters)
 # The parameters our worker loop reads; test_torch_compat checks they still exist.
 REQUIRED_WORKER_PARAMS = ("dataset_kind", "dataset_holder", "index_queue", "auto_collation",
-                          "collate_fn", "init_fn")
+                          "collate_fn", "init_fn", "worker_id")
 
 _DatasetKind = _tud_dataloader._DatasetKind
 _ResumeIteration = _tud_worker._ResumeIteration
@@ -107,12 +108,32 @@ def index_sampler(loader: tud.DataLoader) -> Any:
     return loader._index_sampler
 
 
-class ConcurrentSingleProcessIter(_tud_dataloader._SingleProcessDataLoaderIter):
+class _TimedNext:
+    """Splits the training loop's time into waiting for data and the rest (see EpochTimer)."""
+
+    _timer: EpochTimer | None = None
+
+    def __next__(self) -> Any:
+        timer = self._timer
+        if timer is None:
+            return super().__next__()
+        began = timer.before_next()
+        try:
+            data = super().__next__()
+        except StopIteration:
+            timer.after_next(began, False)
+            raise
+        timer.after_next(began, True)
+        return data
+
+
+class ConcurrentSingleProcessIter(_TimedNext, _tud_dataloader._SingleProcessDataLoaderIter):
     """num_workers=0: the fetchers run in the main process with the same read-ahead."""
 
     def __init__(self, loader: tud.DataLoader, fetcher: SampleFetcher, batch_pool: int,
-                 sampler: Any = None) -> None:
+                 sampler: Any = None, timer: EpochTimer | None = None) -> None:
         super().__init__(_LoaderView(loader, {"_index_sampler": sampler}) if sampler is not None else loader)
+        self._timer = timer
         self._batch_pool = batch_pool
         self._read_ahead = ReadAhead(fetcher, self._auto_collation, self._collate_fn)
         self._exhausted = False
@@ -174,9 +195,10 @@ class _LoaderView:
         return getattr(object.__getattribute__(self, "_loader"), name)
 
 
-class ConcurrentMultiProcessingIter(_tud_dataloader._MultiProcessingDataLoaderIter):
+class ConcurrentMultiProcessingIter(_TimedNext, _tud_dataloader._MultiProcessingDataLoaderIter):
     def __init__(self, loader: tud.DataLoader, config: FetchConfig, worker_loop: Callable[..., None],
-                 sampler: Any = None) -> None:
+                 sampler: Any = None, timer: EpochTimer | None = None, stats_block: StatsBlock | None = None) -> None:
+        self._timer = timer
         context = loader.multiprocessing_context or torch.multiprocessing
         overrides = {"_index_sampler": sampler} if sampler is not None else {}
         view = _LoaderView(loader, {
@@ -184,7 +206,7 @@ class ConcurrentMultiProcessingIter(_tud_dataloader._MultiProcessingDataLoaderIt
             # Stock torch sends each worker only prefetch_factor batches; our workers need
             # batch_pool of them to keep that many in flight.
             "prefetch_factor": max(loader.prefetch_factor or 2, config.batch_pool),
-            "worker_init_fn": InitFnWithConfig(loader.worker_init_fn, config),
+            "worker_init_fn": InitFnWithConfig(loader.worker_init_fn, config, stats_block),
             "multiprocessing_context": _ContextProxy(context, worker_loop),
         })
         super().__init__(view)

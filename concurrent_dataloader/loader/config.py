@@ -39,9 +39,10 @@ class InitFnWithConfig:
     Calling it runs the user's worker_init_fn unchanged.
     """
 
-    def __init__(self, init_fn: Callable[[int], None] | None, config: FetchConfig) -> None:
+    def __init__(self, init_fn: Callable[[int], None] | None, config: FetchConfig, stats_block: Any = None) -> None:
         self.init_fn = init_fn
         self.config = config
+        self.stats_block = stats_block  # telemetry.StatsBlock in shared memory, one row per worker
 
     def __call__(self, worker_id: int) -> None:
         if self.init_fn is not None:
@@ -50,3 +51,7 @@ class InitFnWithConfig:
 
 def config_from_init_fn(init_fn: object) -> FetchConfig | None:
     return init_fn.config if isinstance(init_fn, InitFnWithConfig) else None
+
+
+def stats_block_from_init_fn(init_fn: object) -> Any:
+    return init_fn.stats_block if isinstance(init_fn, InitFnWithConfig) else None

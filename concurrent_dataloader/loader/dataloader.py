@@ -7,6 +7,7 @@ from typing import Any
 
 import torch.utils.data
 
+from .. import telemetry
 from . import _torch_compat
 from .config import FetchConfig
 from .fetchers import SampleFetcher, make_fetcher
@@ -48,6 +49,12 @@ class DataLoader(torch.utils.data.DataLoader):
         # waiting to be replayed by the next iterator.
         self._resume_track: tuple[weakref.ref, ResumableIndexSampler] | None = None
         self._pending_resume: dict | None = None
+        # Telemetry: a shared-memory row per worker (made with the first worker iterator), one
+        # row for this process, and the epoch's starting totals and wait/compute timer.
+        self._worker_stats: telemetry.StatsBlock | None = None
+        self._main_stats = telemetry.StatsBlock(1)
+        self._timer = telemetry.EpochTimer()
+        self._epoch_start_totals = self._stats_totals()
 
     @property
     def num_fetch_workers(self) -> int:
@@ -71,14 +78,47 @@ class DataLoader(torch.utils.data.DataLoader):
         sampler.pending = pending
         if self.num_workers == 0:
             if self._main_fetcher is None:
-                self._main_fetcher = make_fetcher(self.dataset, self.fetch_config)
-            iterator = _torch_compat.ConcurrentSingleProcessIter(self, self._main_fetcher, self.batch_pool, sampler)
+                row = self._main_stats.row(0)
+                telemetry.install(row)  # stores used in this process count into this loader
+                self._main_fetcher = make_fetcher(self.dataset, self.fetch_config, row)
+            iterator = _torch_compat.ConcurrentSingleProcessIter(self, self._main_fetcher, self.batch_pool, sampler,
+                                                                 self._timer)
         else:
             self.check_worker_number_rationality()
-            iterator = _torch_compat.ConcurrentMultiProcessingIter(self, self.fetch_config, _worker_loop, sampler)
+            if self._worker_stats is None or self._worker_stats.rows != self.num_workers:
+                self._worker_stats = telemetry.StatsBlock(
+                    self.num_workers, self.multiprocessing_context or torch.multiprocessing)
+                self._epoch_start_totals = self._stats_totals()
+            iterator = _torch_compat.ConcurrentMultiProcessingIter(self, self.fetch_config, _worker_loop, sampler,
+                                                                   self._timer, self._worker_stats)
             self._live_iterators.add(iterator)
         self._resume_track = (weakref.ref(iterator), sampler)
         return iterator
+
+    def __iter__(self) -> Any:
+        if _torch_compat.is_map_style(self):
+            # NOTE: snapshot *before* torch primes the next epoch's prefetch, so nothing of this
+            # epoch is counted in the previous one.
+            self._epoch_start_totals = self._stats_totals()
+            self._timer.reset()
+        return super().__iter__()
+
+    def _stats_totals(self) -> list[float]:
+        totals = self._main_stats.totals()
+        if self._worker_stats is not None:
+            totals = [a + b for a, b in zip(totals, self._worker_stats.totals())]
+        return totals
+
+    def stats(self) -> dict[str, Any]:
+        """This epoch so far (since the last ``iter(loader)``), across all workers.
+
+        Samples/s, bytes/s, requests, retries, hedges, fetch-latency percentiles (p50/p95/p99,
+        from a histogram), and the training loop's time waiting for data against computing.
+        """
+        out = telemetry.summarize(self._epoch_start_totals, self._stats_totals(),
+                                  self._timer.as_dict()["epoch_seconds"])
+        out.update(self._timer.as_dict())
+        return out
 
     def state_dict(self) -> dict[str, Any]:
         """Where this epoch stands, as a small JSON-able dict (no pickled objects).

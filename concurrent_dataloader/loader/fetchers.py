@@ -15,12 +15,14 @@ import asyncio
 import concurrent.futures as cf
 import os
 import threading
+import time
 import warnings
 import weakref
 from typing import Any, Callable, Sequence
 
 from torch.utils.data import Subset
 
+from .. import telemetry
 from ..errors import annotate_sample_error
 from .config import FetchConfig
 from .protocol import describe_index, is_fetch_decode
@@ -83,19 +85,39 @@ class BatchHandle:
 class SampleFetcher:
     """Common part of both engines: how one sample is loaded, and error context."""
 
-    def __init__(self, dataset: Any, config: FetchConfig) -> None:
+    def __init__(self, dataset: Any, config: FetchConfig, stats: telemetry.StatsRow | None = None) -> None:
         self.dataset = dataset
         self.config = config
+        self.stats = stats if stats is not None else telemetry.current_row()
         self._closed = False
+
+    def _record(self, began: float, raw: Any) -> None:
+        stats = self.stats
+        if stats is not None:
+            stats.observe(time.perf_counter() - began)
+            if isinstance(raw, (bytes, bytearray, memoryview)):
+                stats.add("bytes", len(raw))
+
+    def _record_sample(self, ok: bool) -> None:
+        if self.stats is not None:
+            self.stats.add("samples" if ok else "fetch_errors")
 
     def _load_sync(self, index: Any) -> Any:
         ds, i = _resolve(self.dataset, index)
         try:
+            began = time.perf_counter()
             if is_fetch_decode(ds):
-                return ds.decode(i, ds.fetch_raw(i))
-            return ds[i]
+                raw = ds.fetch_raw(i)
+                self._record(began, raw)
+                sample = ds.decode(i, raw)
+            else:
+                sample = ds[i]
+                self._record(began, None)
         except Exception as exc:
+            self._record_sample(False)
             raise annotate_sample_error(exc, index, describe_index(ds, i))
+        self._record_sample(True)
+        return sample
 
     def _batched_getitems(self) -> Callable[[list], list] | None:
         """A dataset's own ``__getitems__`` (a batched read API) is honoured as one task per batch.
@@ -133,8 +155,8 @@ def _shutdown_pool(pool: cf.ThreadPoolExecutor, dataset: Any) -> None:
 
 
 class ThreadedFetcher(SampleFetcher):
-    def __init__(self, dataset: Any, config: FetchConfig) -> None:
-        super().__init__(dataset, config)
+    def __init__(self, dataset: Any, config: FetchConfig, stats: telemetry.StatsRow | None = None) -> None:
+        super().__init__(dataset, config, stats)
         self._pool = cf.ThreadPoolExecutor(config.num_fetch_workers, thread_name_prefix="cdl-fetch")
         # NOTE (shutdown): the finalizer stops the pool even if close() is never called
         # (e.g. ``del loader`` mid-epoch); it must not reference self.
@@ -199,8 +221,8 @@ def _stop_loop(loop: asyncio.AbstractEventLoop, thread: threading.Thread, pools:
 class AsyncioFetcher(SampleFetcher):
     """Runs an event loop in one thread of this process; decode runs in a small thread pool."""
 
-    def __init__(self, dataset: Any, config: FetchConfig) -> None:
-        super().__init__(dataset, config)
+    def __init__(self, dataset: Any, config: FetchConfig, stats: telemetry.StatsRow | None = None) -> None:
+        super().__init__(dataset, config, stats)
         self._loop = new_event_loop()
         # Blocking fallbacks (plain __getitem__, default fetch_raw_async) run here: sized to the
         # fetch concurrency, since the stdlib default executor would silently cap it.
@@ -219,13 +241,21 @@ class AsyncioFetcher(SampleFetcher):
         try:
             if not is_fetch_decode(ds):
                 async with sem:
-                    return await loop.run_in_executor(self._io_pool, ds.__getitem__, i)
-            async with sem:
-                raw = await ds.fetch_raw_async(i)
-            # NOTE: decode is CPU work and never runs on this (the event-loop) thread.
-            return await loop.run_in_executor(self._cpu_pool, ds.decode, i, raw)
+                    began = time.perf_counter()
+                    sample = await loop.run_in_executor(self._io_pool, ds.__getitem__, i)
+                    self._record(began, None)
+            else:
+                async with sem:
+                    began = time.perf_counter()
+                    raw = await ds.fetch_raw_async(i)
+                    self._record(began, raw)
+                # NOTE: decode is CPU work and never runs on this (the event-loop) thread.
+                sample = await loop.run_in_executor(self._cpu_pool, ds.decode, i, raw)
         except Exception as exc:
+            self._record_sample(False)
             raise annotate_sample_error(exc, index, describe_index(ds, i))
+        self._record_sample(True)
+        return sample
 
     async def _load_batch(self, indices: Sequence[Any]) -> list[Any]:
         results = await asyncio.gather(*(self._load(i) for i in indices), return_exceptions=True)
@@ -257,6 +287,7 @@ class AsyncioFetcher(SampleFetcher):
         self._finalizer()
 
 
-def make_fetcher(dataset: Any, config: FetchConfig) -> SampleFetcher:
+def make_fetcher(dataset: Any, config: FetchConfig, stats: telemetry.StatsRow | None = None) -> SampleFetcher:
+    """``stats`` defaults to the row installed for this process (see :mod:`concurrent_dataloader.telemetry`)."""
     cls = AsyncioFetcher if config.fetch_impl == "asyncio" else ThreadedFetcher
-    return cls(dataset, config)
+    return cls(dataset, config, stats)

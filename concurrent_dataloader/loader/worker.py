@@ -17,8 +17,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from .. import telemetry
 from . import _torch_compat
-from .config import FetchConfig, config_from_init_fn
+from .config import FetchConfig, config_from_init_fn, stats_block_from_init_fn
 from .fetchers import SampleFetcher, make_fetcher
 from .pipeline import PipelineFetcher, ReadAhead
 
@@ -33,6 +34,10 @@ def _worker_loop(*args: Any, **kwargs: Any) -> None:
         return _torch_compat.TORCH_WORKER_LOOP(*bound.args, **bound.kwargs)
 
     config = config_from_init_fn(a["init_fn"]) or FetchConfig()
+    block = stats_block_from_init_fn(a["init_fn"])
+    if block is not None:
+        # NOTE: installed before the fetcher exists, so stores count into this worker's row.
+        telemetry.install(block.row(a["worker_id"]))
     dataset = a["dataset_holder"][0]  # torch's loop pops it; we only peek
     index_queue = _torch_compat.make_worker_index_queue(a["index_queue"], config.batch_pool)
     a["index_queue"] = index_queue
