@@ -6,8 +6,8 @@ Rank and world size come, in order, from explicit arguments, an initialized
 and the barrier is a no-op (the seed divided by zero there).
 
 When several processes run and no process group exists yet, a gloo group is created from the
-usual ``MASTER_ADDR``/``MASTER_PORT`` environment (CPU only; no GPU needed) and destroyed again
-when the conversion ends.
+usual ``MASTER_ADDR``/``MASTER_PORT`` environment (CPU only; no GPU needed). It stays
+initialized afterwards, so later conversions in the same processes reuse it.
 """
 
 from __future__ import annotations
@@ -69,9 +69,9 @@ class DistContext:
         return int(flag.item()) == 0
 
     def close(self) -> None:
-        if self.owns_group and self._torch_dist is not None:
-            self._torch_dist.destroy_process_group()
-            self.owns_group = False
+        """Nothing to release. NOTE: a gloo group we created stays initialized for the life of
+        the process: destroying it and creating another one on torchrun's shared store can
+        hang on stale rendezvous keys, and a later conversion simply reuses it."""
 
 
 def resolve_dist(dist: bool, rank: int | None, num_replicas: int | None,
