@@ -14,6 +14,8 @@ import os
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+import numpy as np
+
 from ..errors import ConfigError, SampleLoadError, annotate_sample_error
 from ..loader.protocol import ConcurrentDataset
 from ..storage.base import ByteStore
@@ -43,6 +45,37 @@ def decode_image(raw: bytes, decoder: str = "pil") -> Any:
         return img.convert("RGB")
 
 
+class _PackedStrings:
+    """A read-only list of strings in two numpy arrays (one UTF-8 blob + offsets).
+
+    Why: a Python list of a million ``str`` objects is touched (refcounts) by every forked worker
+    that indexes it, so each worker slowly copies the whole list ("copy-on-read", torch issue
+    13246). Two numpy buffers have no per-item objects, so forked workers keep sharing the pages.
+    """
+
+    __slots__ = ("_blob", "_offsets")
+
+    def __init__(self, items: Sequence[str]) -> None:
+        encoded = [s.encode("utf-8") for s in items]
+        self._offsets = np.zeros(len(encoded) + 1, dtype=np.int64)
+        np.cumsum([len(b) for b in encoded], out=self._offsets[1:])
+        self._blob = np.frombuffer(b"".join(encoded), dtype=np.uint8)
+
+    def __len__(self) -> int:
+        return len(self._offsets) - 1
+
+    def __getitem__(self, index: int) -> str:
+        n = len(self)
+        if index < 0:
+            index += n
+        if not 0 <= index < n:
+            raise IndexError(f"index {index} out of range for a dataset of {n} images")
+        return self._blob[self._offsets[index]:self._offsets[index + 1]].tobytes().decode("utf-8")
+
+    def tolist(self) -> list[str]:
+        return [self[i] for i in range(len(self))]
+
+
 class ImageDataset(ConcurrentDataset):
     """``(image, label)`` samples: ``keys[i]`` read from ``store``, ``labels[i]`` an int.
 
@@ -58,15 +91,28 @@ class ImageDataset(ConcurrentDataset):
         if decoder not in DECODERS:
             raise ConfigError(f"decoder must be one of {DECODERS}, got {decoder!r}")
         self.store = store
-        self.keys = list(keys)
-        self.labels = [int(x) for x in labels]
+        self._keys = _PackedStrings(keys)
+        self._labels = np.asarray(labels, dtype=np.int64)
         self.transform = transform
         self.cache = cache
         self.decoder = decoder
         self.classes = classes
 
     def __len__(self) -> int:
-        return len(self.keys)
+        return len(self._keys)
+
+    def key(self, index: int) -> str:
+        """The key (S3) or relative path (scratch) of sample ``index``."""
+        return self._keys[index]
+
+    @property
+    def keys(self) -> list[str]:
+        """All keys, as a new list (the dataset itself keeps them packed, see ``_PackedStrings``)."""
+        return self._keys.tolist()
+
+    @property
+    def labels(self) -> list[int]:
+        return self._labels.tolist()
 
     @property
     def targets(self) -> list[int]:
@@ -78,7 +124,7 @@ class ImageDataset(ConcurrentDataset):
         self.transform = transform
 
     def describe(self, index: int) -> str:
-        return self.store.describe(self.keys[index])
+        return self.store.describe(self._keys[index])
 
     def fetch_raw(self, index: int) -> bytes:
         try:
@@ -95,7 +141,7 @@ class ImageDataset(ConcurrentDataset):
             raise annotate_sample_error(exc, index, self._safe_describe(index))
 
     def _fetch(self, index: int) -> bytes:
-        key = self.keys[index]
+        key = self._keys[index]
         if self.cache is not None:
             data = self.cache.get(key)
             if data is not None:
@@ -106,7 +152,7 @@ class ImageDataset(ConcurrentDataset):
         return data
 
     async def _afetch(self, index: int) -> bytes:
-        key = self.keys[index]
+        key = self._keys[index]
         loop = asyncio.get_running_loop()
         if self.cache is not None:
             # NOTE: cache reads/writes are blocking file I/O; keep them off the event loop.
@@ -131,7 +177,7 @@ class ImageDataset(ConcurrentDataset):
                 image = self.transform(image)
             except Exception as exc:
                 raise annotate_sample_error(exc, index, self._safe_describe(index))
-        return image, self.labels[index]
+        return image, int(self._labels[index])
 
     def __getitem__(self, index: int) -> tuple[Any, int]:
         # The stock torch DataLoader calls this directly; attach index and key like our fetchers do.

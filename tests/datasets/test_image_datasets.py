@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 import torchvision.transforms as T
-from cdl_ds_helpers import upload_folder
+from cdl_ds_helpers import make_jpeg, upload_folder
 from PIL import Image
 
 from benchmarking.misc.init_benchmarking import get_dataset as seed_get_dataset
@@ -202,3 +202,20 @@ def test_repr_is_short_and_secret_free(s3_images, s3_options):
     text = repr(ds)
     assert s3_images["bucket"] in text and s3_options["aws_secret_access_key"] not in text
     assert len(text) < 300
+
+
+def test_keys_are_packed_but_behave_like_a_list(tmp_path):
+    names = ["n00000000/n00000000_é.JPEG", "n00000000/n00000000_日本.JPEG", "n00000001/n00000001_x.JPEG"]
+    for i, name in enumerate(names):
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_bytes(make_jpeg(i))
+    ds = ScratchImageDataset(tmp_path, names, [0, 0, 1], transform=T.PILToTensor())
+    assert ds.keys == names and ds.labels == [0, 0, 1] and ds.key(-1) == names[-1]
+    assert ds.describe(1) == str(tmp_path / names[1])
+    assert ds[1][0].shape == (3, 16, 24) and type(ds[2][1]) is int
+    with pytest.raises(IndexError, match="out of range"):
+        ds.fetch_raw(3)
+    import pickle
+
+    clone = pickle.loads(pickle.dumps(ds))
+    assert clone.keys == names and torch.equal(clone[0][0], ds[0][0])
