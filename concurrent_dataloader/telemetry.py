@@ -78,6 +78,9 @@ class StatsRow:
         with self._lock:
             self._data[i] += n
 
+    def value(self, name: str) -> float:
+        return self._data[self._base + _C[name]]
+
     def observe(self, seconds: float) -> None:
         k = _bucket(seconds)
         i = self._base + len(COUNTERS) + k

@@ -197,7 +197,8 @@ class _LoaderView:
 
 class ConcurrentMultiProcessingIter(_TimedNext, _tud_dataloader._MultiProcessingDataLoaderIter):
     def __init__(self, loader: tud.DataLoader, config: FetchConfig, worker_loop: Callable[..., None],
-                 sampler: Any = None, timer: EpochTimer | None = None, stats_block: StatsBlock | None = None) -> None:
+                 sampler: Any = None, timer: EpochTimer | None = None, stats_block: StatsBlock | None = None,
+                 budget: Any = None) -> None:
         self._timer = timer
         context = loader.multiprocessing_context or torch.multiprocessing
         overrides = {"_index_sampler": sampler} if sampler is not None else {}
@@ -206,7 +207,7 @@ class ConcurrentMultiProcessingIter(_TimedNext, _tud_dataloader._MultiProcessing
             # Stock torch sends each worker only prefetch_factor batches; our workers need
             # batch_pool of them to keep that many in flight.
             "prefetch_factor": max(loader.prefetch_factor or 2, config.batch_pool),
-            "worker_init_fn": InitFnWithConfig(loader.worker_init_fn, config, stats_block),
+            "worker_init_fn": InitFnWithConfig(loader.worker_init_fn, config, stats_block, budget),
             "multiprocessing_context": _ContextProxy(context, worker_loop),
         })
         super().__init__(view)

@@ -9,6 +9,7 @@ import torch.utils.data
 
 from .. import telemetry
 from . import _torch_compat
+from .adaptive import SharedBudget
 from .config import FetchConfig
 from .fetchers import SampleFetcher, make_fetcher
 from .resume import STATE_VERSION, ResumableIndexSampler, capture_rng, restore_rng, validate_state
@@ -24,7 +25,8 @@ class DataLoader(torch.utils.data.DataLoader):
 
     num_fetch_workers
         Samples each worker process (or the main process when ``num_workers=0``) fetches
-        concurrently.
+        concurrently; ``"auto"`` adapts it per worker (AIMD, see ``loader/adaptive.py``) up to
+        ``max_fetch_workers``, with all workers together under ``fetch_budget`` in flight.
     fetch_impl
         ``"threaded"`` (a thread pool) or ``"asyncio"`` (an event loop, uvloop when installed).
     batch_pool
@@ -34,9 +36,10 @@ class DataLoader(torch.utils.data.DataLoader):
     Map-style datasets get the concurrency; an ``IterableDataset`` behaves exactly as in torch.
     """
 
-    def __init__(self, dataset: Any, *args: Any, num_fetch_workers: int = 16, fetch_impl: str = "threaded",
-                 batch_pool: int = 2, **kwargs: Any) -> None:
-        config = FetchConfig(num_fetch_workers=num_fetch_workers, fetch_impl=fetch_impl, batch_pool=batch_pool)
+    def __init__(self, dataset: Any, *args: Any, num_fetch_workers: int | str = 16, fetch_impl: str = "threaded",
+                 batch_pool: int = 2, max_fetch_workers: int = 64, fetch_budget: int = 256, **kwargs: Any) -> None:
+        config = FetchConfig(num_fetch_workers=num_fetch_workers, fetch_impl=fetch_impl, batch_pool=batch_pool,
+                             max_fetch_workers=max_fetch_workers, fetch_budget=fetch_budget)
         super().__init__(dataset, *args, **kwargs)
         self.fetch_config = config
         # NOTE (shutdown): shared by this loader and its num_workers=0 iterators; it stops its
@@ -52,12 +55,13 @@ class DataLoader(torch.utils.data.DataLoader):
         # Telemetry: a shared-memory row per worker (made with the first worker iterator), one
         # row for this process, and the epoch's starting totals and wait/compute timer.
         self._worker_stats: telemetry.StatsBlock | None = None
+        self._budget: SharedBudget | None = None
         self._main_stats = telemetry.StatsBlock(1)
         self._timer = telemetry.EpochTimer()
         self._epoch_start_totals = self._stats_totals()
 
     @property
-    def num_fetch_workers(self) -> int:
+    def num_fetch_workers(self) -> int | str:
         return self.fetch_config.num_fetch_workers
 
     @property
@@ -85,12 +89,14 @@ class DataLoader(torch.utils.data.DataLoader):
                                                                  self._timer)
         else:
             self.check_worker_number_rationality()
+            context = self.multiprocessing_context or torch.multiprocessing
             if self._worker_stats is None or self._worker_stats.rows != self.num_workers:
-                self._worker_stats = telemetry.StatsBlock(
-                    self.num_workers, self.multiprocessing_context or torch.multiprocessing)
+                self._worker_stats = telemetry.StatsBlock(self.num_workers, context)
                 self._epoch_start_totals = self._stats_totals()
+                if self.fetch_config.adaptive:
+                    self._budget = SharedBudget(self.fetch_config.fetch_budget, self.num_workers, context)
             iterator = _torch_compat.ConcurrentMultiProcessingIter(self, self.fetch_config, _worker_loop, sampler,
-                                                                   self._timer, self._worker_stats)
+                                                                   self._timer, self._worker_stats, self._budget)
             self._live_iterators.add(iterator)
         self._resume_track = (weakref.ref(iterator), sampler)
         return iterator

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures as cf
+import contextlib
 import os
 import threading
 import time
@@ -24,6 +25,7 @@ from torch.utils.data import Subset
 
 from .. import telemetry
 from ..errors import annotate_sample_error
+from .adaptive import AIMDController, AsyncLimiter, Limiter, SharedBudget
 from .config import FetchConfig
 from .protocol import describe_index, is_fetch_decode
 
@@ -85,11 +87,24 @@ class BatchHandle:
 class SampleFetcher:
     """Common part of both engines: how one sample is loaded, and error context."""
 
-    def __init__(self, dataset: Any, config: FetchConfig, stats: telemetry.StatsRow | None = None) -> None:
+    def __init__(self, dataset: Any, config: FetchConfig, stats: telemetry.StatsRow | None = None,
+                 budget: SharedBudget | None = None, slot: int = 0) -> None:
         self.dataset = dataset
         self.config = config
         self.stats = stats if stats is not None else telemetry.current_row()
+        self.controller: AIMDController | None = None
+        if config.adaptive:
+            row = self.stats
+            self.controller = AIMDController(config.concurrency, budget=budget, slot=slot,
+                                             throttle_count=(lambda: row.value("throttled")) if row else None)
         self._closed = False
+
+    def current_limit(self) -> int:
+        return self.controller.limit if self.controller is not None else self.config.concurrency
+
+    def _feedback(self, began: float, ok: bool) -> None:
+        if self.controller is not None:
+            self.controller.on_complete(time.perf_counter() - began, ok)
 
     def _record(self, began: float, raw: Any) -> None:
         stats = self.stats
@@ -104,14 +119,28 @@ class SampleFetcher:
 
     def _load_sync(self, index: Any) -> Any:
         ds, i = _resolve(self.dataset, index)
+        gate = self._gate
         try:
-            began = time.perf_counter()
             if is_fetch_decode(ds):
-                raw = ds.fetch_raw(i)
+                with gate:
+                    began = time.perf_counter()
+                    try:
+                        raw = ds.fetch_raw(i)
+                    except Exception:
+                        self._feedback(began, False)
+                        raise
+                    self._feedback(began, True)
                 self._record(began, raw)
                 sample = ds.decode(i, raw)
             else:
-                sample = ds[i]
+                with gate:
+                    began = time.perf_counter()
+                    try:
+                        sample = ds[i]
+                    except Exception:
+                        self._feedback(began, False)
+                        raise
+                    self._feedback(began, True)
                 self._record(began, None)
         except Exception as exc:
             self._record_sample(False)
@@ -129,6 +158,8 @@ class SampleFetcher:
             return None
         getitems = getattr(ds, "__getitems__", None)
         return getitems if callable(getitems) else None
+
+    _gate: Any = contextlib.nullcontext()
 
     def submit(self, indices: Sequence[Any]) -> BatchHandle:
         raise NotImplementedError
@@ -155,9 +186,12 @@ def _shutdown_pool(pool: cf.ThreadPoolExecutor, dataset: Any) -> None:
 
 
 class ThreadedFetcher(SampleFetcher):
-    def __init__(self, dataset: Any, config: FetchConfig, stats: telemetry.StatsRow | None = None) -> None:
-        super().__init__(dataset, config, stats)
-        self._pool = cf.ThreadPoolExecutor(config.num_fetch_workers, thread_name_prefix="cdl-fetch")
+    def __init__(self, dataset: Any, config: FetchConfig, stats: telemetry.StatsRow | None = None,
+                 budget: SharedBudget | None = None, slot: int = 0) -> None:
+        super().__init__(dataset, config, stats, budget, slot)
+        self._pool = cf.ThreadPoolExecutor(config.concurrency, thread_name_prefix="cdl-fetch")
+        if self.controller is not None:
+            self._gate = Limiter(self.current_limit)
         # NOTE (shutdown): the finalizer stops the pool even if close() is never called
         # (e.g. ``del loader`` mid-epoch); it must not reference self.
         self._finalizer = weakref.finalize(self, _shutdown_pool, self._pool, dataset)
@@ -174,6 +208,8 @@ class ThreadedFetcher(SampleFetcher):
         if not self._closed:
             self._closed = True
             self._finalizer()
+            if self.controller is not None:
+                self.controller.close()
 
 
 async def _cancel_other_tasks() -> None:
@@ -221,15 +257,16 @@ def _stop_loop(loop: asyncio.AbstractEventLoop, thread: threading.Thread, pools:
 class AsyncioFetcher(SampleFetcher):
     """Runs an event loop in one thread of this process; decode runs in a small thread pool."""
 
-    def __init__(self, dataset: Any, config: FetchConfig, stats: telemetry.StatsRow | None = None) -> None:
-        super().__init__(dataset, config, stats)
+    def __init__(self, dataset: Any, config: FetchConfig, stats: telemetry.StatsRow | None = None,
+                 budget: SharedBudget | None = None, slot: int = 0) -> None:
+        super().__init__(dataset, config, stats, budget, slot)
         self._loop = new_event_loop()
         # Blocking fallbacks (plain __getitem__, default fetch_raw_async) run here: sized to the
         # fetch concurrency, since the stdlib default executor would silently cap it.
-        self._io_pool = cf.ThreadPoolExecutor(config.num_fetch_workers, thread_name_prefix="cdl-aio-io")
+        self._io_pool = cf.ThreadPoolExecutor(config.concurrency, thread_name_prefix="cdl-aio-io")
         self._cpu_pool = cf.ThreadPoolExecutor(_DECODE_THREADS, thread_name_prefix="cdl-decode")
         self._loop.set_default_executor(self._io_pool)
-        self._sem: asyncio.Semaphore | None = None
+        self._limiter = AsyncLimiter(self.current_limit)  # only touched on the loop thread
         self._thread = threading.Thread(target=_run_loop, args=(self._loop,), name="cdl-event-loop", daemon=True)
         self._thread.start()
         self._finalizer = weakref.finalize(self, _stop_loop, self._loop, self._thread, [self._io_pool, self._cpu_pool], dataset)
@@ -237,17 +274,26 @@ class AsyncioFetcher(SampleFetcher):
     async def _load(self, index: Any) -> Any:
         ds, i = _resolve(self.dataset, index)
         loop = asyncio.get_running_loop()
-        sem = self._sem_or_new()
         try:
             if not is_fetch_decode(ds):
-                async with sem:
+                async with self._limiter:
                     began = time.perf_counter()
-                    sample = await loop.run_in_executor(self._io_pool, ds.__getitem__, i)
+                    try:
+                        sample = await loop.run_in_executor(self._io_pool, ds.__getitem__, i)
+                    except Exception:
+                        self._feedback(began, False)
+                        raise
+                    self._feedback(began, True)
                     self._record(began, None)
             else:
-                async with sem:
+                async with self._limiter:
                     began = time.perf_counter()
-                    raw = await ds.fetch_raw_async(i)
+                    try:
+                        raw = await ds.fetch_raw_async(i)
+                    except Exception:
+                        self._feedback(began, False)
+                        raise
+                    self._feedback(began, True)
                     self._record(began, raw)
                 # NOTE: decode is CPU work and never runs on this (the event-loop) thread.
                 sample = await loop.run_in_executor(self._cpu_pool, ds.decode, i, raw)
@@ -265,13 +311,8 @@ class AsyncioFetcher(SampleFetcher):
         return results
 
     async def _getitems(self, getitems: Callable[[list], list], indices: Sequence[Any]) -> list[Any]:
-        async with self._sem_or_new():
+        async with self._limiter:
             return await asyncio.get_running_loop().run_in_executor(self._io_pool, getitems, list(indices))
-
-    def _sem_or_new(self) -> asyncio.Semaphore:
-        if self._sem is None:
-            self._sem = asyncio.Semaphore(self.config.num_fetch_workers)
-        return self._sem
 
     def submit(self, indices: Sequence[Any]) -> BatchHandle:
         if self._closed:
@@ -285,9 +326,13 @@ class AsyncioFetcher(SampleFetcher):
             return
         self._closed = True
         self._finalizer()
+        if self.controller is not None:
+            self.controller.close()
 
 
-def make_fetcher(dataset: Any, config: FetchConfig, stats: telemetry.StatsRow | None = None) -> SampleFetcher:
-    """``stats`` defaults to the row installed for this process (see :mod:`concurrent_dataloader.telemetry`)."""
+def make_fetcher(dataset: Any, config: FetchConfig, stats: telemetry.StatsRow | None = None,
+                 budget: SharedBudget | None = None, slot: int = 0) -> SampleFetcher:
+    """``stats`` defaults to the row installed for this process (see :mod:`concurrent_dataloader.telemetry`);
+    ``budget``/``slot``: this worker's share of the loader-wide in-flight budget (adaptive mode)."""
     cls = AsyncioFetcher if config.fetch_impl == "asyncio" else ThreadedFetcher
-    return cls(dataset, config, stats)
+    return cls(dataset, config, stats, budget, slot)

@@ -19,7 +19,7 @@ from typing import Any
 
 from .. import telemetry
 from . import _torch_compat
-from .config import FetchConfig, config_from_init_fn, stats_block_from_init_fn
+from .config import FetchConfig, budget_from_init_fn, config_from_init_fn, stats_block_from_init_fn
 from .fetchers import SampleFetcher, make_fetcher
 from .pipeline import PipelineFetcher, ReadAhead
 
@@ -48,7 +48,7 @@ def _worker_loop(*args: Any, **kwargs: Any) -> None:
         # _ResumeIteration (persistent workers): the engine is reused, stale batches dropped.
         nonlocal fetcher
         if fetcher is None:
-            fetcher = make_fetcher(dataset, config)
+            fetcher = make_fetcher(dataset, config, budget=budget_from_init_fn(a["init_fn"]), slot=a["worker_id"])
             index_queue.read_ahead = ReadAhead(fetcher, a["auto_collation"], a["collate_fn"])
         assert index_queue.read_ahead is not None
         index_queue.read_ahead.clear()

@@ -24,7 +24,7 @@ def peaks(batches):
 def test_plain_dataset_overlap_per_worker(fetch_impl, num_workers):
     # 4 batches of 4 in flight per worker = 16 samples = num_fetch_workers.
     bs, nfw, pool = 4, 16, 4
-    ds = SleepyDataset(n=bs * pool * max(1, num_workers) * 3, batch_size=bs, delay=0.05)
+    ds = SleepyDataset(n=bs * pool * max(1, num_workers) * 3, batch_size=bs, delay=0.2)
     rows, per_pid = peaks(DataLoader(ds, batch_size=bs, num_workers=num_workers, num_fetch_workers=nfw,
                                      batch_pool=pool, fetch_impl=fetch_impl))
     assert rows[:, 0].tolist() == list(range(len(ds)))
