@@ -15,6 +15,7 @@ Everything else (missing key, access denied, bad request) fails at once.
 from __future__ import annotations
 
 import asyncio
+import os
 import random
 import threading
 import time
@@ -70,6 +71,20 @@ def _connection_error_types() -> tuple[type[BaseException], ...]:
 
 
 _CONN_TYPES: tuple[type[BaseException], ...] | None = None
+_RNG: tuple[int, random.Random] | None = None
+
+
+def _rng() -> random.Random:
+    """A per-process RNG seeded from the OS.
+
+    NOTE: forked workers inherit the parent's ``random`` state; with a shared state every worker
+    would draw the same "jitter" and retry in lockstep, which is what jitter is meant to prevent.
+    """
+    global _RNG
+    pid = os.getpid()
+    if _RNG is None or _RNG[0] != pid:
+        _RNG = (pid, random.Random(int.from_bytes(os.urandom(8), "little")))
+    return _RNG[1]
 
 
 def classify_error(exc: BaseException) -> str | None:
@@ -162,7 +177,7 @@ class RetryPolicy:
 
     def backoff(self, retry_number: int) -> float:
         cap = min(self.max_delay, self.base_delay * self.multiplier ** max(0, retry_number - 1))
-        return random.uniform(0.0, cap)
+        return _rng().uniform(0.0, cap)
 
     def _should_retry(self, exc: BaseException, attempt: int, counters: RetryCounters | None) -> bool:
         cause = self.classify(exc)

@@ -48,6 +48,10 @@ def test_open_store_s3_scheme(s3_bucket, s3_options):
     assert isinstance(st, S3Store)
     assert (st.bucket, st.prefix, st.max_pool_connections) == (s3_bucket, "some/prefix", 7)
     assert st.describe("a.jpg") == f"s3://{s3_bucket}/some/prefix/a.jpg"
+    path_style = open_store(f"s3://{s3_bucket}/p/", addressing_style="path", **s3_options)
+    path_style.put("k", b"v")
+    assert path_style.get("k") == b"v" and st.client.meta.config.s3 is None
+    assert path_style.client.meta.config.s3 == {"addressing_style": "path"}
 
 
 def test_get_one_get_per_object_no_head(store, s3_proxy):
@@ -147,6 +151,23 @@ def test_not_found_is_not_retried(store, s3_proxy):
         store.get("missing")
     assert s3_proxy.count("GET", "missing") == 1
     assert store.stats()["retries"] == 0
+
+
+def _backoffs(queue):
+    queue.put([RetryPolicy(base_delay=1.0, max_delay=1.0).backoff(1) for _ in range(5)])
+
+
+def test_forked_processes_draw_different_jitter():
+    RetryPolicy().backoff(1)  # the parent's RNG exists before the fork
+    ctx = mp.get_context("fork")
+    queue = ctx.Queue()
+    procs = [ctx.Process(target=_backoffs, args=(queue,)) for _ in range(2)]
+    for p in procs:
+        p.start()
+    a, b = queue.get(timeout=60), queue.get(timeout=60)
+    for p in procs:
+        p.join(30)
+    assert a != b
 
 
 def test_backoff_is_jittered_and_capped():
