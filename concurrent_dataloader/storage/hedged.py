@@ -1,0 +1,227 @@
+"""Hedged requests: cut tail latency by racing a second identical GET against a slow first one.
+
+When a GET has not answered within the ``quantile`` (p95 by default) of the latencies observed so
+far in this process, a second identical GET is sent and the first answer wins; the loser is
+cancelled (async) or ignored (threads: a blocking call cannot be interrupted). Extra requests are
+capped at ``max_extra`` (5%) of all requests. When the cap is reached at the moment a request
+crosses the threshold, the hedge is deferred and re-checked as the budget refills, so the rare
+very slow requests, the ones that set p99 batch times, still get their hedge.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import bisect
+import collections
+import concurrent.futures as cf
+import os
+import threading
+import time
+from typing import Any, Iterator
+
+from .. import telemetry
+from ..errors import ConfigError
+from .base import ByteRange, ByteStore
+
+__all__ = ["HedgedStore"]
+
+
+class _LatencyTracker:
+    """Recent latencies (a ring of ``window``) and their quantile, recomputed every 32 samples."""
+
+    def __init__(self, window: int) -> None:
+        self._ring: collections.deque[float] = collections.deque(maxlen=window)
+        self._sorted: list[float] = []
+        self._since = 0
+
+    def add(self, seconds: float) -> None:
+        self._ring.append(seconds)
+        self._since += 1
+        if self._since >= 32 or len(self._sorted) < 32:
+            self._sorted = sorted(self._ring)
+            self._since = 0
+
+    def quantile(self, q: float) -> float | None:
+        s = self._sorted
+        if not s:
+            return None
+        return s[min(len(s) - 1, int(q * len(s)))]
+
+    def __len__(self) -> int:
+        return len(self._ring)
+
+
+class HedgedStore(ByteStore):
+    def __init__(self, inner: ByteStore, *, quantile: float = 0.95, max_extra: float = 0.05,
+                 min_observations: int = 50, window: int = 2000, min_delay_s: float = 0.001,
+                 max_threads: int = 64) -> None:
+        if not 0 < quantile < 1:
+            raise ConfigError(f"quantile must be in (0, 1), got {quantile!r}")
+        if not 0 <= max_extra <= 1:
+            raise ConfigError(f"max_extra must be in [0, 1], got {max_extra!r}")
+        self.inner = inner
+        self.quantile = quantile
+        self.max_extra = max_extra
+        self.min_observations = min_observations
+        self.window = window
+        self.min_delay_s = min_delay_s
+        self.max_threads = max_threads
+        self._init_process_state()
+
+    # NOTE (fork safety): counters, the tracker and the thread pool are per process.
+    def _init_process_state(self) -> None:
+        self._pid = os.getpid()
+        self._lock = threading.Lock()
+        self._tracker = _LatencyTracker(self.window)
+        self.requests = 0
+        self.hedges = 0
+        self.hedge_wins = 0
+        self._pool: cf.ThreadPoolExecutor | None = None
+
+    def __getstate__(self) -> dict:
+        return {k: v for k, v in self.__dict__.items()
+                if k not in ("_lock", "_tracker", "_pool", "_pid", "requests", "hedges", "hedge_wins")}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self._init_process_state()
+
+    def _check_pid(self) -> None:
+        if self._pid != os.getpid():
+            self._init_process_state()
+
+    # ------------------------------------------------------------------ policy
+    def _start(self) -> float | None:
+        """Count a request; return the hedge delay, or None if too few observations yet."""
+        self._check_pid()
+        with self._lock:
+            self.requests += 1
+            if len(self._tracker) < self.min_observations:
+                return None
+            q = self._tracker.quantile(self.quantile)
+        return max(self.min_delay_s, q) if q is not None else None
+
+    def _take_budget(self) -> bool:
+        with self._lock:
+            if self.hedges + 1 <= self.max_extra * self.requests:
+                self.hedges += 1
+                telemetry.count("hedges")
+                return True
+            return False
+
+    def _observe(self, seconds: float) -> None:
+        with self._lock:
+            self._tracker.add(seconds)
+
+    def _won(self) -> None:
+        with self._lock:
+            self.hedge_wins += 1
+        telemetry.count("hedge_wins")
+
+    def stats(self) -> dict[str, Any]:
+        with self._lock:
+            return {"requests": self.requests, "hedges": self.hedges, "hedge_wins": self.hedge_wins,
+                    "hedge_delay_s": self._tracker.quantile(self.quantile)}
+
+    # ------------------------------------------------------------------ async
+    async def aget(self, key: str, byte_range: ByteRange | None = None) -> bytes:
+        delay = self._start()
+        began = time.perf_counter()
+        first = asyncio.ensure_future(self.inner.aget(key, byte_range))
+        if delay is None:
+            data = await first
+            self._observe(time.perf_counter() - began)
+            return data
+        tasks = {first}
+        second: asyncio.Future | None = None
+        wait = delay
+        try:
+            while True:
+                done, _ = await asyncio.wait(tasks, timeout=wait, return_when=asyncio.FIRST_COMPLETED)
+                if done:
+                    winner = done.pop()
+                    if winner.exception() is not None and len(tasks) > 1:
+                        tasks.discard(winner)  # the other may still succeed
+                        wait = None
+                        continue
+                    if winner is second:
+                        self._won()
+                    data = winner.result()
+                    self._observe(time.perf_counter() - began)
+                    return data
+                if second is None and self._take_budget():
+                    second = asyncio.ensure_future(self.inner.aget(key, byte_range))
+                    tasks.add(second)
+                    wait = None
+                else:
+                    wait = delay  # deferred: re-check the budget after another delay
+        finally:
+            for t in (first, second):
+                if t is not None and not t.done():
+                    t.cancel()
+
+    # ------------------------------------------------------------------ threads
+    def _threads(self) -> cf.ThreadPoolExecutor:
+        with self._lock:
+            if self._pool is None:
+                self._pool = cf.ThreadPoolExecutor(self.max_threads, thread_name_prefix="cdl-hedge")
+            return self._pool
+
+    def get(self, key: str, byte_range: ByteRange | None = None) -> bytes:
+        delay = self._start()
+        began = time.perf_counter()
+        if delay is None:
+            data = self.inner.get(key, byte_range)
+            self._observe(time.perf_counter() - began)
+            return data
+        pool = self._threads()
+        first = pool.submit(self.inner.get, key, byte_range)
+        futures = {first}
+        second = None
+        wait: float | None = delay
+        while True:
+            done, _ = cf.wait(futures, timeout=wait, return_when=cf.FIRST_COMPLETED)
+            if done:
+                winner = done.pop()
+                if winner.exception() is not None and len(futures) > 1:
+                    futures.discard(winner)
+                    wait = None
+                    continue
+                if winner is second:
+                    self._won()
+                for f in futures - {winner}:
+                    f.cancel()  # not started yet: dropped; running: its answer is ignored
+                data = winner.result()
+                self._observe(time.perf_counter() - began)
+                return data
+            if second is None and self._take_budget():
+                second = pool.submit(self.inner.get, key, byte_range)
+                futures.add(second)
+                wait = None
+            else:
+                wait = delay
+
+    # ------------------------------------------------------------------ delegation
+    def list(self, prefix: str = "") -> Iterator[str]:
+        return self.inner.list(prefix)
+
+    def put(self, key: str, data: bytes) -> None:
+        self.inner.put(key, data)
+
+    def size(self, key: str) -> int:
+        return self.inner.size(key)
+
+    def describe(self, key: str) -> str:
+        return self.inner.describe(key)
+
+    def close(self) -> None:
+        pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.shutdown(wait=False, cancel_futures=True)
+        self.inner.close()
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()
+
+    def __repr__(self) -> str:
+        return f"HedgedStore({self.inner!r}, quantile={self.quantile}, max_extra={self.max_extra})"
