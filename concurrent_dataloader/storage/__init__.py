@@ -5,12 +5,13 @@
 
 from .base import STORE_REGISTRY, ByteRange, ByteStore, open_store, register_store
 from .cache import DiskCache
+from .hedged import HedgedStore
 from .local import LocalStore
 from .retry import RetryCounters, RetryPolicy
 from .s3 import BucketNotFoundError, ObjectNotFoundError, S3AccessDeniedError, S3Error, S3Store, parse_s3_url
 
 __all__ = [
     "ByteRange", "ByteStore", "LocalStore", "STORE_REGISTRY", "open_store", "register_store",
-    "RetryCounters", "RetryPolicy", "DiskCache",
+    "RetryCounters", "RetryPolicy", "DiskCache", "HedgedStore",
     "S3Store", "S3Error", "ObjectNotFoundError", "BucketNotFoundError", "S3AccessDeniedError", "parse_s3_url",
 ]

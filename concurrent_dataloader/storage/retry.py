@@ -22,6 +22,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Awaitable, Callable, TypeVar
 
+from .. import telemetry
+
 __all__ = ["RetryPolicy", "RetryCounters", "classify_error", "THROTTLE_CODES", "SERVER_ERROR_CODES"]
 
 T = TypeVar("T")
@@ -109,7 +111,9 @@ class RetryCounters:
     """Per-process, thread-safe counts of attempts and retries by cause.
 
     NOTE: counters live in one process. Each DataLoader worker has its own copy (they are
-    reset when a store is pickled to a worker); aggregate them yourself if you need totals.
+    reset when a store is pickled to a worker). Every count is also forwarded to the process's
+    telemetry row, so ``concurrent_dataloader.DataLoader.stats()`` aggregates them across workers
+    (``attempts`` also counts as ``requests``).
     """
 
     FIELDS = ("attempts", "retries", "throttled", "server_errors", "connection_errors", "gave_up")
@@ -121,6 +125,9 @@ class RetryCounters:
     def add(self, name: str, n: int = 1) -> None:
         with self._lock:
             self._counts[name] += n
+        telemetry.count(name, n)
+        if name == "attempts":
+            telemetry.count("requests", n)
 
     def snapshot(self) -> dict[str, int]:
         with self._lock:
