@@ -62,19 +62,33 @@ def test_dist_resolution_from_env(clean_env):
 
 
 def test_dist_rank_without_peers_converts_only_its_files_and_no_metadata(tmp_path, clean_env):
-    """A rank of 2 (no process group: the other rank is simulated by skipping the agreement)
-    writes exactly its half and leaves metadata to rank 0."""
-    from concurrent_dataloader.formats.converted import _dist
+    """Rank 1 of 2, run alone (no process group: agreement steps are local): it writes exactly
+    its files, leaves metadata to rank 0, and refuses to work from a different plan."""
+    import json
+
+    from concurrent_dataloader.formats.converted._dist import DistContext
+    from concurrent_dataloader.formats.converted._io import atomic_write_bytes
 
     write_folder(tmp_path / "src", 10)
-    conv = get_format("ipc").converter(str(tmp_path / "src"), tmp_path / "out", 4, 2, dist=True, rank=1,
-                                       num_replicas=2, progress=False)
-    ctx = _dist.DistContext(1, 2)  # no torch group: all_ok() and barrier() are local
-    conv.rank, conv.num_replicas = 1, 2
-    r = conv._convert(ctx)
-    assert r.files_written == 2  # files 1 and 2 of 3 (split 0 | 1,2)
-    assert sorted(p.name for p in (tmp_path / "out" / "images").iterdir()) == ["images_1.arrow", "images_2.arrow"]
-    assert not (tmp_path / "out" / "metadata" / "metadata.json").exists()
+    write_folder(tmp_path / "other", 8)
+    out = tmp_path / "out"
+
+    def rank1(src):
+        return get_format("ipc").converter(str(src), out, 4, 2, dist=True, rank=1, num_replicas=2, progress=False)
+
+    conv = rank1(tmp_path / "src")
+    (out / "metadata").mkdir(parents=True)
+    atomic_write_bytes(out / "metadata" / "conversion.json", json.dumps(conv.plan()).encode())  # rank 0's job
+    r = conv._convert(DistContext(1, 2))
+    assert r.files_written == 2  # files 1 and 2 of 3 (split 0 | 1, 2)
+    assert sorted(p.name for p in (out / "images").iterdir()) == ["images_1.arrow", "images_2.arrow"]
+    assert not (out / "metadata" / "metadata.json").exists()
+    with pytest.raises(ConfigError, match="different conversion"):  # seen before rank 0's barrier
+        rank1(tmp_path / "other")._convert(DistContext(1, 2))
+    late = rank1(tmp_path / "other")
+    late._inspect_output = lambda plan: "fresh"  # inspected before rank 0 wrote its plan
+    with pytest.raises(ConfigError, match="plan differs from rank 0"):
+        late._convert(DistContext(1, 2))
 
 
 def _torchrun(src: Path, out: Path, formats: list[str]) -> subprocess.CompletedProcess:

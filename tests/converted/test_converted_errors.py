@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import json
-import os
 
 import numpy as np
 import pytest
-from PIL import Image
 
 from concurrent_dataloader.errors import ConfigError, DataFormatError
 from concurrent_dataloader.formats.converted import (IpcReader, MemmapConverter, MemmapReader, OutputExistsError,

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import io
 import math
-import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -106,10 +105,3 @@ def parse_small_array(reader: "ConvertedReader", key: str, count: int, item_shap
     nbytes = count * math.prod(item_shape) * dt.itemsize
     data = reader.read(key, offset, nbytes) if nbytes else b""
     return np.frombuffer(data, dtype=dt).reshape((count, *item_shape))
-
-
-def remove_quietly(path: str | os.PathLike) -> None:
-    try:
-        os.unlink(path)
-    except FileNotFoundError:
-        pass

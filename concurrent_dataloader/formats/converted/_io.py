@@ -34,6 +34,7 @@ __all__ = [
     "atomic_write_bytes",
     "temp_path_for",
     "is_temp_name",
+    "KeyedLocks",
 ]
 
 TEMP_MARKER = ".tmp-"

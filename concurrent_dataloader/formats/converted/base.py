@@ -791,6 +791,9 @@ class Converter(ABC):
         written = images = 0
         todo: list[int] = []
         try:
+            if ctx.rank != 0 and self._read_json(self.output_path / PLAN_KEY) != json.loads(json.dumps(plan)):
+                raise ConfigError(f"rank {ctx.rank}: its conversion plan differs from rank 0's (different input, "
+                                  "arguments or file listing?); every rank must convert the same dataset")
             for sub in ("images", "labels"):
                 (self.output_path / sub).mkdir(parents=True, exist_ok=True)
             self._remove_stale_temps(mine)
