@@ -21,5 +21,10 @@ setup(
     package_data={"concurrent_dataloader": ["py.typed"]},
     install_requires=["torch>=2.4", "torchvision>=0.19", "numpy>=1.24", "pillow>=10", "tqdm>=4.60"],
     extras_require=EXTRAS,
-    entry_points={"console_scripts": []},
+    entry_points={"console_scripts": [
+        "cdl-build-index=concurrent_dataloader.tools.build_index:main",
+        "cdl-upload=concurrent_dataloader.tools.upload:main",
+        "cdl-make-shards=concurrent_dataloader.tools.make_shards:main",
+        "cdl-convert=concurrent_dataloader.tools.convert:main",
+    ]},
 )
