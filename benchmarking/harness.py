@@ -458,15 +458,19 @@ def ratios_and_checks(rows: list[dict[str, Any]], targets: dict[str, float] | No
 
 
 def _default_fetch(rows: list[dict[str, Any]], workers: int) -> Callable[[dict[str, Any]], bool]:
-    """The most common (num_fetch_workers, batch_pool) among our runs: the grid's defaults."""
+    """The most common (num_fetch_workers, batch_pool) among our runs and S3 client among S3 runs:
+    the grid's defaults, so a sweep point (or the botocore comparison) is not taken for the main result."""
     from collections import Counter
 
     counts = Counter((r["num_fetch_workers"], r["batch_pool"]) for r in rows
                      if r["loader"] in ("ours-threaded", "ours-asyncio"))
+    clients = Counter(r["s3_client"] for r in rows if r["storage"] == "s3" and r["loader"] != "s3torchconnector")
     if not counts:
         return lambda r: True
     nfw, pool = counts.most_common(1)[0][0]
-    return lambda r: r["num_fetch_workers"] == nfw and r["batch_pool"] == pool
+    client = clients.most_common(1)[0][0] if clients else None
+    return lambda r: (r["num_fetch_workers"] == nfw and r["batch_pool"] == pool
+                      and (r["storage"] != "s3" or client is None or r["s3_client"] == client))
 
 
 def run_benchmark(cfg: BenchConfig, data_root: Path, progress: bool = True,

@@ -47,12 +47,13 @@ def format_table(result: dict[str, Any]) -> str:
                      f"{c['cpu_bound_gets_per_s']:,.0f} GET/s")
     if result.get("client_cpu"):
         lines.append("S3 client CPU per GET: " + ", ".join(f"{k} {v:.3f} ms" for k, v in result["client_cpu"].items()))
-    head = (f"{'storage':<8}{'lat':>4} {'loader':<17}{'nw':>3}{'nfw':>4}{'pool':>5}{'bs':>4}{'img/s':>8}{'x torch':>8}"
+    head = (f"{'storage':<8}{'lat':>4} {'loader':<17}{'s3 cli':<7}{'nw':>3}{'nfw':>4}{'pool':>5}{'bs':>4}{'img/s':>8}{'x torch':>8}"
             f" | {'CPU ms/img':>10}{'client':>7}{'decode':>7}{'other':>7}{'server':>7} | {'srv GET/s':>9}{'peak':>5}"
             f"{'srv%':>5}")
     lines += [head, "-" * len(head)]
     for r in result["rows"]:
-        base = (f"{r['storage']:<8}{r['latency_ms']:>4g} {r['loader']:<17}{r['num_workers']:>3}"
+        cli = {"botocore": "boto"}.get(r["s3_client"], r["s3_client"])
+        base = (f"{r['storage']:<8}{r['latency_ms']:>4g} {r['loader']:<17}{cli:<7}{r['num_workers']:>3}"
                 f"{(r['num_fetch_workers'] or '-'):>4}{(r['batch_pool'] or '-'):>5}{r['batch_size']:>4}")
         if r.get("status") != "ok":
             lines.append(f"{base}  {r.get('status')}"[:len(head) + 40])
@@ -65,6 +66,8 @@ def format_table(result: dict[str, Any]) -> str:
             f"{_f(r.get('decode_ms_per_img'), '>7.2f'):>7}{_f(r.get('other_ms_per_img'), '>7.2f'):>7}"
             f"{_f(r.get('server_cpu_ms_per_img'), '>7.3f'):>7} | {_f(gets_rate, '>9.0f'):>9}"
             f"{_f(r.get('server_peak_in_flight'), '>5d'):>5}{_f(r.get('server_core_util'), '>5.0%'):>5}")
+    lines.append("s3 cli = the S3 client of the dataset: lean (ours, raw HTTP), boto (botocore/aiobotocore), crt "
+                 "(s3torchconnector's own).")
     lines.append("CPU ms/img = loader processes (main + workers); client = S3 GET path (micro-benchmark), decode = "
                  "decode+transform (micro-benchmark), other = the rest (loader, collate, IPC); server = the S3 "
                  "server's own CPU. peak = most concurrent requests the server saw.")
