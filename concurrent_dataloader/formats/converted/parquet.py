@@ -15,7 +15,7 @@ from __future__ import annotations
 import bisect
 import threading
 from collections import OrderedDict
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -104,8 +104,6 @@ class _ParquetInfo:
     column: str
     starts: list[int]                     # first row of each row group
     ranges: list[tuple[int, int]]         # (offset, length) of the image column chunk per row group
-    cache: "OrderedDict[int, bytes]" = field(default_factory=OrderedDict)
-    cache_lock: Any = field(default_factory=threading.Lock)
 
 
 class ParquetReader(ConvertedReader):
@@ -115,7 +113,7 @@ class ParquetReader(ConvertedReader):
     image_ext = "parquet"
     label_ext = "parquet"
     fixed_size = False
-    # Row groups of more than one row are cached (whole column chunks), this many per file.
+    # Row groups of more than one row are cached (whole column chunks): this many per process.
     row_group_cache = 2
 
     def _footer_metadata(self, key: str) -> tuple[int, Any]:
@@ -192,16 +190,18 @@ class ParquetReader(ConvertedReader):
         key = self.image_key(n)
         if self._group_rows(info, rg) == 1:
             return n, rg, row, self.read(key, offset, length), label
+        st = self._state()
+        cache, cache_lock = st.extra.setdefault("row_groups", (OrderedDict(), threading.Lock()))
         # NOTE: a per-row-group lock, so concurrent fetches of one big row group read it once.
-        with self._state().locks(("rg", n, rg)):
-            with info.cache_lock:
-                data = info.cache.get(rg)
+        with st.locks(("rg", n, rg)):
+            with cache_lock:
+                data = cache.get((n, rg))
             if data is None:
                 data = self.read(key, offset, length)
-                with info.cache_lock:
-                    info.cache[rg] = data
-                    while len(info.cache) > self.row_group_cache:
-                        info.cache.popitem(last=False)
+                with cache_lock:
+                    cache[(n, rg)] = data
+                    while len(cache) > self.row_group_cache:
+                        cache.popitem(last=False)
         return n, rg, row, data, label
 
     async def _afetch(self, n: int, j: int) -> tuple:
