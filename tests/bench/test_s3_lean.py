@@ -208,3 +208,43 @@ def test_client_cpu_per_get_within_budget(fast_server, fast_bucket, client):
     # the issue's target: <= 0.5 ms of client CPU per GET (botocore: ~1-2 ms)
     assert result["cpu_ms_per_get"] <= 0.5, result
     assert result["mb_per_get"] == pytest.approx(0.11)
+
+
+def test_moto_verifies_our_signatures_with_iam_auth_on():
+    """moto checks SigV4 signatures only with IAM authentication on: a private moto server here,
+    an IAM user with an s3:* policy, then signed GET/ranged GET/HEAD/LIST/PUT and a wrong secret."""
+    import json
+
+    import boto3
+    from moto.core.authorization import enable_iam_authentication
+    from moto.server import ThreadedMotoServer
+
+    from conftest import free_port_for_test
+
+    port = free_port_for_test()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    try:
+        ep = f"http://127.0.0.1:{port}"
+        admin = dict(endpoint_url=ep, region_name="us-east-1", aws_access_key_id="admin", aws_secret_access_key="x")
+        iam = boto3.client("iam", **admin)
+        iam.create_user(UserName="lean")
+        iam.put_user_policy(UserName="lean", PolicyName="s3", PolicyDocument=json.dumps(
+            {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "s3:*", "Resource": "*"}]}))
+        key = iam.create_access_key(UserName="lean")["AccessKey"]
+        boto3.client("s3", **admin).create_bucket(Bucket="signed")
+        boto3.client("s3", **admin).put_object(Bucket="signed", Key="dir/a b+c~.bin", Body=b"0123456789" * 100)
+        opts = dict(endpoint_url=ep, region_name="us-east-1", aws_access_key_id=key["AccessKeyId"])
+        with enable_iam_authentication():
+            store = LeanS3Store("signed", aws_secret_access_key=key["SecretAccessKey"], **opts)
+            assert store.get("dir/a b+c~.bin", (5, 10)) == b"5678901234"
+            assert asyncio.run(store.aget("dir/a b+c~.bin"))[:12] == b"012345678901"
+            assert store.size("dir/a b+c~.bin") == 1000
+            assert list(store.list("dir/")) == ["dir/a b+c~.bin"]
+            store.put("new key.bin", b"xyz")
+            assert store.get("new key.bin") == b"xyz"
+            wrong = LeanS3Store("signed", aws_secret_access_key="not-the-secret", **opts)
+            with pytest.raises(S3AccessDeniedError, match="SignatureDoesNotMatch"):
+                wrong.get("dir/a b+c~.bin")
+    finally:
+        server.stop()

@@ -187,7 +187,7 @@ def test_jitter_bounds_and_runtime_configure():
         assert max(each) - min(each) > 0.005  # jitter actually varies the delay
         server.configure(latency_ms=0, jitter_ms=0)
         _, fast = _timed_gets(server.endpoint_url, "jit", "k", 4)
-        assert max(fast) < 0.05
+        assert sorted(fast)[1] < 0.025  # (one may be slowed by other load on the machine)
         with pytest.raises(ValueError):
             server.configure(latency_ms=-1)
         with pytest.raises(ValueError):
