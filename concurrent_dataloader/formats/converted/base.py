@@ -1324,16 +1324,16 @@ class ConvertedReader(ConcurrentDataset):
             label = self.target_transform(label)
         return image, label
 
-    @abstractmethod
     def _fetch(self, n: int, j: int) -> Any:
         """Blocking I/O for sample ``j`` of file ``n``: its raw bytes (and label)."""
+        raise NotImplementedError
 
     async def _afetch(self, n: int, j: int) -> Any:
         return await asyncio.get_running_loop().run_in_executor(None, self._fetch, n, j)
 
-    @abstractmethod
     def _decode(self, raw: Any) -> tuple[Any, Any]:
         """CPU: raw bytes -> (PIL image, label) before transforms."""
+        raise NotImplementedError
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.dataset_path!r}, len={self.len}, files={self.total_num_arrays})"
