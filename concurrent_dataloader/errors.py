@@ -7,6 +7,7 @@ __all__ = [
     "ConfigError",
     "DataFormatError",
     "SampleLoadError",
+    "ObjectTooLargeError",
     "annotate_sample_error",
 ]
 
@@ -33,6 +34,10 @@ class SampleLoadError(ConcurrentDataLoaderError, OSError):
 
     def __reduce__(self):  # keep index/key across pickling (worker -> main)
         return (type(self), (self.args[0] if self.args else "", self.index, self.key))
+
+
+class ObjectTooLargeError(SampleLoadError):
+    """An object is larger than the store's ``max_object_bytes``; refused before its body is read."""
 
 
 _NOTE_PREFIX = "[concurrent_dataloader] while loading dataset index"

@@ -13,8 +13,25 @@ __all__ = ["LocalStore"]
 
 
 class LocalStore(ByteStore):
-    def __init__(self, root: str | os.PathLike = "") -> None:
+    """Files under ``root``. ``max_object_bytes`` refuses whole-file reads of larger files
+    (:class:`~concurrent_dataloader.errors.ObjectTooLargeError`) before reading them."""
+
+    def __init__(self, root: str | os.PathLike = "", max_object_bytes: int | None = None) -> None:
+        from .s3 import check_max_object_bytes
+
         self.root = Path(root) if str(root) else Path()
+        self.max_object_bytes = check_max_object_bytes(max_object_bytes)
+
+    def _check_size(self, key: str, fd: int) -> None:
+        cap = self.__dict__.get("max_object_bytes")
+        if cap is not None:
+            size = os.fstat(fd).st_size
+            if size > cap:
+                from ..errors import ObjectTooLargeError
+
+                where = self.describe(key)
+                raise ObjectTooLargeError(f"{where}: file of {size} bytes is larger than max_object_bytes={cap}; "
+                                          "refusing to read it", key=where)
 
     def path(self, key: str) -> Path:
         return self.root / key
@@ -22,6 +39,7 @@ class LocalStore(ByteStore):
     def get(self, key: str, byte_range: ByteRange | None = None) -> bytes:
         with open(self.path(key), "rb") as f:
             if byte_range is None:
+                self._check_size(key, f.fileno())
                 return f.read()
             offset, length = byte_range
             f.seek(offset)
@@ -35,6 +53,7 @@ class LocalStore(ByteStore):
 
         async with aiofiles.open(self.path(key), "rb") as f:
             if byte_range is None:
+                self._check_size(key, f.fileno())
                 return await f.read()
             offset, length = byte_range
             await f.seek(offset)

@@ -14,11 +14,14 @@ the loop it was created on; :meth:`S3Store.aclose` closes the one of the running
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import os
+import re
 import threading
 import warnings
 from typing import Any, Iterator
 
+from ._seal import ensure_key, seal, unseal
 from .base import ByteRange, ByteStore, register_store
 from .retry import RetryCounters, RetryPolicy
 
@@ -28,6 +31,9 @@ __all__ = [
     "ObjectNotFoundError",
     "BucketNotFoundError",
     "S3AccessDeniedError",
+    "ChecksumMismatchError",
+    "check_etag",
+    "check_max_object_bytes",
     "parse_s3_url",
     "mask_access_key",
     "DEFAULT_MAX_POOL_CONNECTIONS",
@@ -66,6 +72,35 @@ class BucketNotFoundError(S3Error, FileNotFoundError):
 
 class S3AccessDeniedError(S3Error, PermissionError):
     """Wrong or insufficient credentials. The message masks the access key and never shows the secret."""
+
+
+class ChecksumMismatchError(S3Error, ConnectionError):
+    """The body does not hash to the object's ETag (``verify_etag=True``). A ``ConnectionError``,
+    so the retry policy fetches it again: the bytes were damaged on the way."""
+
+
+_MD5_ETAG = re.compile(r'^"?([0-9a-fA-F]{32})"?$')
+
+
+def check_etag(data: bytes, etag: str | None, where: str) -> None:
+    """Raise :class:`ChecksumMismatchError` if ``etag`` is a single-part (MD5) ETag and ``data``
+    does not match it. Multipart ETags (``"...-N"``) and missing ETags cannot be checked."""
+    m = _MD5_ETAG.match(etag or "")
+    if m is None:
+        return
+    got = hashlib.md5(data, usedforsecurity=False).hexdigest()
+    if got != m.group(1).lower():
+        raise ChecksumMismatchError(f"{where}: body of {len(data)} bytes has MD5 {got} but the ETag is "
+                                    f"{m.group(1).lower()} (corrupted in transit, or an ETag that is not an MD5, "
+                                    "e.g. SSE-KMS; then pass verify_etag=False)", where)
+
+
+def check_max_object_bytes(value: int | None) -> int | None:
+    from ..errors import ConfigError
+
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 0):
+        raise ConfigError(f"max_object_bytes must be None or an int >= 0, got {value!r}")
+    return value
 
 
 def parse_s3_url(url: str) -> tuple[str, str]:
@@ -112,6 +147,13 @@ class S3Store(ByteStore):
         A :class:`RetryPolicy`; attempts and retries are counted in :attr:`retry_counters`.
     addressing_style
         ``"path"``, ``"virtual"`` or ``None`` (botocore's choice), for S3-compatible servers.
+    max_object_bytes
+        Refuse (:class:`~concurrent_dataloader.errors.ObjectTooLargeError`, naming the key) any GET
+        whose body would be larger, before reading it. ``None``: no cap.
+    verify_etag
+        Check each whole-object body against its MD5 ETag; a mismatch is retried like a broken
+        connection (:class:`ChecksumMismatchError`). Off by default: it costs an MD5 per GET, and
+        SSE-KMS/SSE-C objects have ETags that are not MD5s.
     """
 
     def __init__(self, bucket: str, prefix: str = "", *, endpoint_url: str | None = None,
@@ -120,7 +162,8 @@ class S3Store(ByteStore):
                  aws_session_token: str | None = None,
                  max_pool_connections: int = DEFAULT_MAX_POOL_CONNECTIONS,
                  retry: RetryPolicy | None = None, connect_timeout: float = 10.0, read_timeout: float = 60.0,
-                 verify: bool | str | None = None, list_page_size: int = 1000) -> None:
+                 verify: bool | str | None = None, list_page_size: int = 1000,
+                 max_object_bytes: int | None = None, verify_etag: bool = False) -> None:
         from ..errors import ConfigError
 
         if not bucket or "/" in bucket:
@@ -144,10 +187,14 @@ class S3Store(ByteStore):
         self.read_timeout = read_timeout
         self.verify = verify
         self.list_page_size = list_page_size
+        self.max_object_bytes = check_max_object_bytes(max_object_bytes)
+        self.verify_etag = bool(verify_etag)
         # Credentials live in a private dict that repr/describe never touch.
         self._credentials = {"aws_access_key_id": aws_access_key_id,
                              "aws_secret_access_key": aws_secret_access_key,
                              "aws_session_token": aws_session_token}
+        if aws_secret_access_key is not None:
+            ensure_key()  # before any worker starts, so children inherit the sealing key
         self._init_process_state()
 
     # ------------------------------------------------------------------ process-local state
@@ -174,9 +221,14 @@ class S3Store(ByteStore):
         for name in ("_pid", "_sync_client", "_aio_session", "_aio_clients", "retry_counters",
                      "_stats_lock", "_stats", "_in_flight", "_pool_warned"):
             state.pop(name, None)
+        # NOTE: never the secret in the clear: a pickle may end up on disk (see _seal.py).
+        state["_credentials"] = seal(self._credentials)
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
+        state = dict(state)
+        state["_credentials"] = unseal(state.get("_credentials"), dict.fromkeys(
+            ("aws_access_key_id", "aws_secret_access_key", "aws_session_token")), f"S3 credentials for s3://{state.get('bucket')}")
         self.__dict__.update(state)
         self._init_process_state()
 
@@ -268,6 +320,20 @@ class S3Store(ByteStore):
                            f"got {len(data)} (object too short)")
         return data
 
+    def _check_size(self, key: str, response: dict[str, Any]) -> None:
+        cap = self.max_object_bytes
+        size = response.get("ContentLength")
+        if cap is not None and isinstance(size, int) and size > cap:
+            from ..errors import ObjectTooLargeError
+
+            where = self.describe(key)
+            raise ObjectTooLargeError(f"{where}: object of {size} bytes is larger than max_object_bytes={cap}; "
+                                      "refusing to read it", key=where)
+
+    def _check_etag(self, key: str, data: bytes, response: dict[str, Any], byte_range: ByteRange | None) -> None:
+        if self.verify_etag and byte_range is None:
+            check_etag(data, response.get("ETag"), self.describe(key))
+
     def _translate(self, exc: Exception, key: str | None, byte_range: ByteRange | None = None) -> Exception:
         """Turn a botocore ClientError into an error that names s3://bucket/key and says what is wrong."""
         response = getattr(exc, "response", None)
@@ -325,11 +391,15 @@ class S3Store(ByteStore):
         kwargs = dict(Bucket=self.bucket, Key=self.full_key(key), **self._range_kwargs(byte_range))
 
         def once() -> bytes:
-            body = client.get_object(**kwargs)["Body"]
+            response = client.get_object(**kwargs)
+            body = response["Body"]
             try:
-                return body.read()
+                self._check_size(key, response)
+                data = body.read()
             finally:
                 body.close()
+            self._check_etag(key, data, response, byte_range)
+            return data
 
         self._begin()
         data = None
@@ -353,7 +423,10 @@ class S3Store(ByteStore):
         async def once() -> bytes:
             response = await client.get_object(**kwargs)
             async with response["Body"] as stream:
-                return await stream.read()
+                self._check_size(key, response)
+                data = await stream.read()
+            self._check_etag(key, data, response, byte_range)
+            return data
 
         self._begin()
         data = None

@@ -32,9 +32,11 @@ from typing import Any, Iterator
 from urllib.parse import quote, urlsplit
 from xml.etree import ElementTree
 
+from ._seal import ensure_key, seal, unseal
 from .base import ByteRange, ByteStore, register_store
 from .retry import RetryCounters, RetryPolicy
-from .s3 import BucketNotFoundError, ObjectNotFoundError, S3AccessDeniedError, S3Error, mask_access_key
+from .s3 import (BucketNotFoundError, ObjectNotFoundError, S3AccessDeniedError, S3Error, check_max_object_bytes,
+                 mask_access_key)
 
 __all__ = ["LeanS3Client", "LeanS3Store", "SigV4Signer", "S3Credentials", "S3HTTPError", "UNSIGNED_PAYLOAD"]
 
@@ -169,14 +171,23 @@ class _Incomplete(Exception):
     pass
 
 
+class _TooLarge(OSError):
+    """The response body is larger than ``max_object_bytes`` (re-raised naming the key)."""
+
+    def __init__(self, size: int) -> None:
+        super().__init__(f"response body of {size} bytes")
+        self.size = size
+
+
 class _ResponseParser:
     """Incremental HTTP/1.1 response parser (Content-Length, chunked, or read-until-close)."""
 
     __slots__ = ("head_only", "buf", "status", "headers", "parts", "remaining", "mode", "done", "keep_alive",
-                 "got_bytes")
+                 "got_bytes", "limit")
 
-    def __init__(self, head_only: bool) -> None:
+    def __init__(self, head_only: bool, limit: int | None = None) -> None:
         self.head_only = head_only
+        self.limit = limit  # max body bytes of a 2xx answer (max_object_bytes), or None
         self.buf = bytearray()
         self.status = 0
         self.headers: dict[str, str] = {}
@@ -232,6 +243,8 @@ class _ResponseParser:
             elif "content-length" in h:
                 self.mode = "length"
                 self.remaining = int(h["content-length"])
+                if self.limit is not None and self.remaining > self.limit and self.status < 300:
+                    raise _TooLarge(self.remaining)
                 data = bytes(self.buf)
                 self.buf = bytearray()
                 if not self.remaining and not data:
@@ -242,6 +255,8 @@ class _ResponseParser:
                 self.mode = "close"
                 self.keep_alive = False
                 return False
+        if self.limit is not None and len(self.buf) > self.limit + 65536 and self.status < 300:
+            raise _TooLarge(len(self.buf))  # chunked / read-until-close: no size up front
         if self.mode == "chunked":
             body = _dechunk(self.buf)
             if body is not None:
@@ -292,30 +307,34 @@ def _dechunk(buf: bytearray) -> bytes | None:
 
 
 class _SyncConn:
-    __slots__ = ("sock", "reused")
+    __slots__ = ("sock", "reused", "got_bytes")
 
     def __init__(self, host: str, port: int, tls: ssl.SSLContext | None, timeout: float) -> None:
         sock = socket.create_connection((host, port), timeout=timeout)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.sock = tls.wrap_socket(sock, server_hostname=host) if tls is not None else sock
         self.reused = False
+        self.got_bytes = False  # did the last request get any response byte (not a stale socket)?
 
-    def request(self, raw: bytes, body: bytes | None, head_only: bool, timeout: float) -> _ResponseParser:
+    def request(self, raw: bytes, body: bytes | None, head_only: bool, timeout: float,
+                limit: int | None = None) -> _ResponseParser:
         sock = self.sock
         sock.settimeout(timeout)
+        self.got_bytes = False
         if body:
             sock.sendall(raw + body if len(body) < 65536 else raw)
             if len(body) >= 65536:
                 sock.sendall(body)
         else:
             sock.sendall(raw)
-        parser = _ResponseParser(head_only)
+        parser = _ResponseParser(head_only, limit)
         recv = sock.recv
         while True:
             data = recv(_RECV)
             if not data:
                 parser.eof()
                 return parser
+            self.got_bytes = True
             if parser.feed(data):
                 return parser
 
@@ -327,7 +346,7 @@ class _SyncConn:
 
 
 class _AsyncConn(asyncio.Protocol):
-    __slots__ = ("transport", "parser", "waiter", "broken", "reused", "loop", "timer")
+    __slots__ = ("transport", "parser", "waiter", "broken", "reused", "loop", "timer", "got_bytes")
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self.loop = loop
@@ -337,6 +356,7 @@ class _AsyncConn(asyncio.Protocol):
         self.broken = False
         self.reused = False
         self.timer: asyncio.TimerHandle | None = None
+        self.got_bytes = False  # did the last request get any response byte (not a stale socket)?
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
@@ -346,10 +366,11 @@ class _AsyncConn(asyncio.Protocol):
         if parser is None or waiter is None or waiter.done():
             self.broken = True  # unsolicited bytes: this connection cannot be trusted any more
             return
+        self.got_bytes = True
         try:
             if parser.feed(data):
                 waiter.set_result(parser)
-        except ConnectionError as exc:
+        except OSError as exc:  # a protocol error, or the body is over max_object_bytes
             self.broken = True
             waiter.set_exception(exc)
 
@@ -371,8 +392,10 @@ class _AsyncConn(asyncio.Protocol):
         if self.transport is not None:
             self.transport.abort()
 
-    async def request(self, raw: bytes, body: bytes | None, head_only: bool, timeout: float) -> _ResponseParser:
-        self.parser = _ResponseParser(head_only)
+    async def request(self, raw: bytes, body: bytes | None, head_only: bool, timeout: float,
+                      limit: int | None = None) -> _ResponseParser:
+        self.parser = _ResponseParser(head_only, limit)
+        self.got_bytes = False
         self.waiter = self.loop.create_future()
         # NOTE: one timer per request instead of asyncio.wait_for, which costs a task each time.
         self.timer = self.loop.call_later(timeout, self._timeout)
@@ -431,7 +454,8 @@ class LeanS3Client:
     threads or tasks) and each concurrent request uses its own socket. Transient failures
     (5xx, throttling, broken connections) are retried by ``retry`` (a :class:`RetryPolicy`) and
     counted in :attr:`retry_counters`; a pooled keep-alive socket that the server already closed
-    is replaced at once without counting as a retry.
+    (before any byte of the answer arrived) is replaced at once without counting as a retry.
+    ``max_object_bytes`` and ``verify_etag`` work as in ``S3Store``.
     """
 
     def __init__(self, endpoint_url: str | None = None, region_name: str | None = None, *,
@@ -439,7 +463,7 @@ class LeanS3Client:
                  aws_session_token: str | None = None, profile_name: str | None = None, anonymous: bool = False,
                  max_pool_connections: int = 64, retry: RetryPolicy | None = None, connect_timeout: float = 10.0,
                  read_timeout: float = 60.0, verify: bool | None = None, addressing_style: str | None = None,
-                 list_page_size: int = 1000) -> None:
+                 list_page_size: int = 1000, max_object_bytes: int | None = None, verify_etag: bool = False) -> None:
         from ..errors import ConfigError
 
         if addressing_style not in (None, "auto", "path"):
@@ -465,7 +489,11 @@ class LeanS3Client:
         self.verify = verify
         self.anonymous = anonymous
         self.list_page_size = list_page_size
+        self.max_object_bytes = check_max_object_bytes(max_object_bytes)
+        self.verify_etag = bool(verify_etag)
         self._cred_args = (aws_access_key_id, aws_secret_access_key, aws_session_token, profile_name)
+        if aws_secret_access_key is not None:
+            ensure_key()  # before any worker starts, so children inherit the sealing key
         self._init_process_state()
 
     # -- pickling / fork ------------------------------------------------------------------------
@@ -483,9 +511,14 @@ class LeanS3Client:
         state = dict(self.__dict__)
         for name in ("_pid", "_lock", "_sync_idle", "_async_pools", "_ssl", "_signer", "retry_counters"):
             state.pop(name, None)
+        # NOTE: never the secret in the clear: a pickle may end up on disk (see _seal.py).
+        state["_cred_args"] = seal(list(self._cred_args))
         return state
 
     def __setstate__(self, state: dict) -> None:
+        state = dict(state)
+        state["_cred_args"] = tuple(unseal(state.get("_cred_args"), [None, None, None, None],
+                                           f"S3 credentials for {state.get('endpoint_url')}"))
         self.__dict__.update(state)
         self._init_process_state()
 
@@ -576,16 +609,20 @@ class LeanS3Client:
         conn.close()
 
     def _request_once(self, method: str, bucket: str, key: str | None, query: dict[str, str] | None,
-                      headers: dict[str, str] | None, body: bytes | None) -> _ResponseParser:
+                      headers: dict[str, str] | None, body: bytes | None, get: bool = False) -> _ResponseParser:
+        limit = self.max_object_bytes if get else None
         while True:
             raw = self._build(method, bucket, key, query, headers, body)
             conn = self._sync_acquire()
             try:
-                parser = conn.request(raw, body, method == "HEAD", self.read_timeout)
+                parser = conn.request(raw, body, method == "HEAD", self.read_timeout, limit)
+            except _TooLarge as exc:
+                conn.close()
+                raise self._too_large(bucket, key, exc.size) from None
             except OSError as exc:
                 conn.close()
-                if conn.reused and isinstance(exc, ConnectionError):
-                    continue  # a pooled socket the server had closed: try a fresh one
+                if conn.reused and isinstance(exc, ConnectionError) and not conn.got_bytes:
+                    continue  # a pooled socket the server had closed before answering: try a fresh one
                 raise
             except BaseException:
                 conn.close()
@@ -593,7 +630,24 @@ class LeanS3Client:
             self._sync_release(conn, parser.keep_alive)
             if parser.status >= 300:
                 raise self._error(parser, bucket, key)
+            if get:
+                self._verify(parser, bucket, key)
             return parser
+
+    def _too_large(self, bucket: str, key: str | None, size: int) -> Exception:
+        from ..errors import ObjectTooLargeError
+
+        where = f"s3://{bucket}/{key}"
+        return ObjectTooLargeError(f"{where}: object of {size} bytes is larger than max_object_bytes="
+                                   f"{self.max_object_bytes}; refusing to read it", key=where)
+
+    def _verify(self, parser: _ResponseParser, bucket: str, key: str | None) -> None:
+        """With ``verify_etag``: a whole-object body must hash to its single-part (MD5) ETag."""
+        if not self.verify_etag or parser.status != 200:
+            return
+        from .s3 import check_etag
+
+        check_etag(parser.body(), parser.headers.get("etag"), f"s3://{bucket}/{key}")
 
     def request(self, method: str, bucket: str, key: str | None = None, *, query: dict[str, str] | None = None,
                 headers: dict[str, str] | None = None, body: bytes | None = None) -> _ResponseParser:
@@ -606,7 +660,8 @@ class LeanS3Client:
             return b""
         headers = _range_header(byte_range)
         try:
-            parser = self.request("GET", bucket, key, headers=headers)
+            parser = self.retry.call(lambda: self._request_once("GET", bucket, key, None, headers, None, True),
+                                     self.retry_counters)
         except S3HTTPError as exc:
             raise _range_error(exc, byte_range) from None
         return _range_body(parser, byte_range, f"s3://{bucket}/{key}")
@@ -665,15 +720,19 @@ class LeanS3Client:
             conn.close()
 
     async def _arequest_once(self, method: str, bucket: str, key: str | None, query: dict[str, str] | None,
-                             headers: dict[str, str] | None, body: bytes | None) -> _ResponseParser:
+                             headers: dict[str, str] | None, body: bytes | None, get: bool = False) -> _ResponseParser:
+        limit = self.max_object_bytes if get else None
         while True:
             raw = self._build(method, bucket, key, query, headers, body)
             conn = await self._async_acquire()
             try:
-                parser = await conn.request(raw, body, method == "HEAD", self.read_timeout)
+                parser = await conn.request(raw, body, method == "HEAD", self.read_timeout, limit)
+            except _TooLarge as exc:
+                conn.close()
+                raise self._too_large(bucket, key, exc.size) from None
             except OSError as exc:
                 conn.close()
-                if conn.reused and isinstance(exc, ConnectionError):
+                if conn.reused and isinstance(exc, ConnectionError) and not conn.got_bytes:
                     continue
                 raise
             except BaseException:  # cancelled mid-request: the socket's state is unknown
@@ -682,6 +741,8 @@ class LeanS3Client:
             self._async_release(conn, parser.keep_alive)
             if parser.status >= 300:
                 raise self._error(parser, bucket, key)
+            if get:
+                self._verify(parser, bucket, key)
             return parser
 
     async def arequest(self, method: str, bucket: str, key: str | None = None, *,
@@ -694,8 +755,10 @@ class LeanS3Client:
     async def aget_object(self, bucket: str, key: str, byte_range: ByteRange | None = None) -> bytes:
         if byte_range is not None and byte_range[1] == 0:
             return b""
+        headers = _range_header(byte_range)
         try:
-            parser = await self.arequest("GET", bucket, key, headers=_range_header(byte_range))
+            parser = await self.retry.acall(
+                lambda: self._arequest_once("GET", bucket, key, None, headers, None, True), self.retry_counters)
         except S3HTTPError as exc:
             raise _range_error(exc, byte_range) from None
         return _range_body(parser, byte_range, f"s3://{bucket}/{key}")
