@@ -122,6 +122,23 @@ class FaultInjector(RequestHook):
             self._by_key[key] = [kind, times]
         return self
 
+    def set_rate(self, rate: float, kinds: Iterable[str] | Mapping[str, float] | None = None,
+                 seed: int | None = None) -> "FaultInjector":
+        """Change the probabilistic faults (and their seed) while the server runs."""
+        if not 0.0 <= rate <= 1.0:
+            raise ValueError(f"rate must be in [0, 1], got {rate}")
+        with self._lock:
+            if kinds is not None:
+                weights = dict(kinds) if isinstance(kinds, Mapping) else {k: 1.0 for k in kinds}
+                for kind in weights:
+                    _check_kind(kind)
+                self._kinds = list(weights)
+                self._weights = [float(weights[k]) for k in self._kinds]
+            if seed is not None:
+                self.seed = seed
+            self.rate = rate
+        return self
+
     def clear(self) -> None:
         """Forget per-request and per-key rules (the probabilistic rate stays)."""
         with self._lock:

@@ -1,0 +1,41 @@
+"""Fixtures for the reliability suite: a fault-injecting S3 server per test, a private temp dir."""
+
+from __future__ import annotations
+
+import tempfile
+
+import pytest
+
+from benchmarking.faults import FaultInjector, fault_server
+from rel_helpers import FIGURES, LEAK_LOG
+
+
+@pytest.fixture
+def injector():
+    return FaultInjector(seed=1234)
+
+
+@pytest.fixture
+def fault_srv(injector):
+    """An in-process benchmark S3 server with ``injector`` installed; one per test."""
+    with fault_server(injector) as server:
+        yield server
+
+
+@pytest.fixture
+def private_tmp(tmp_path, monkeypatch):
+    """TMPDIR for this test (inherited by forked and spawned workers), to count leftover temp files."""
+    d = tmp_path / "tmp"
+    d.mkdir()
+    monkeypatch.setenv("TMPDIR", str(d))
+    monkeypatch.setattr(tempfile, "tempdir", str(d))
+    return str(d)
+
+
+def pytest_terminal_summary(terminalreporter):
+    if FIGURES["epochs"] or LEAK_LOG:
+        terminalreporter.write_sep("-", "reliability figures")
+        terminalreporter.write_line(
+            f"faults injected: {FIGURES['faults_injected']:.0f}, retries: {FIGURES['retries']:.0f}, "
+            f"samples checked: {FIGURES['samples_checked']:.0f} over {FIGURES['epochs']:.0f} epochs, "
+            f"leak checks passed: {len(LEAK_LOG)} (leaks found: 0 in passing checks)")
