@@ -2,9 +2,9 @@
 
 Each process runs an :class:`AIMDController` that sets how many fetches may be in flight:
 
-* it grows while throughput improves and latency stays near the best seen (slow start doubles
-  below the last known-good ceiling, then grows by ~12% per window);
-* it halves on throttling (503 SlowDown, 429) or a burst of errors, and remembers the ceiling;
+* it grows while throughput improves and latency stays near the best seen (slow start x1.5 per
+  window below the last known-good ceiling, then ~12% per window);
+* it cuts to 0.7x on throttling (503 SlowDown, 429) or a burst of errors, and remembers the ceiling;
 * it backs off gently when latency climbs without a throughput gain (queueing, e.g. CPU-bound);
 * it never exceeds its share of a **global budget** shared by all worker processes of the loader
   (:class:`SharedBudget`), so many workers cannot stampede one prefix.
@@ -64,6 +64,9 @@ class AIMDController:
         self.ceiling = max_limit          # like TCP's ssthresh
         self.best_latency: float | None = None
         self._prev_throughput = 0.0
+        self._cooldown = False
+        self.w_max: int | None = None     # the limit at the last throttle
+        self._plateau = 0
         self._reset_window()
         self.history: list[tuple[float, int]] = []  # (time, limit) for plots and tests
 
@@ -99,21 +102,49 @@ class AIMDController:
             self.best_latency *= 1.005
         old = self.limit
         if throttled > 0 or errors > 0.05:
-            self.ceiling = max(self.min_limit, old // 2)
-            new = self.ceiling
-        elif latency <= 1.5 * self.best_latency and throughput >= 0.97 * self._prev_throughput:
-            new = old * 2 if old < self.ceiling else old + max(1, old // 8)
-            if old < self.ceiling:
-                new = min(new, self.ceiling)
-        elif latency > 1.8 * self.best_latency and throughput < 1.05 * self._prev_throughput:
-            new = old - max(1, old // 8)
-            self.ceiling = new  # queueing: leave slow start, grow additively from here
+            if self._cooldown:
+                # Throttles seen in the window right after a cut were mostly provoked before it
+                # (retries land late): cut at most once per two windows, as TCP does once per RTT.
+                new = old
+                self._cooldown = False
+            else:
+                # Multiplicative decrease by 0.7 (as CUBIC), not Reno's 0.5: halving makes the
+                # sawtooth average well below the throttle point.
+                self.ceiling = max(self.min_limit, int(old * 0.7))
+                self.w_max = old
+                self._plateau = 0
+                new = self.ceiling
+                self._cooldown = True
         else:
-            new = old
+            self._cooldown = False
+            if latency <= 1.5 * self.best_latency and throughput >= 0.97 * self._prev_throughput:
+                new = self._grow(old)
+            elif latency > 1.8 * self.best_latency and throughput < 1.05 * self._prev_throughput:
+                new = old - max(1, old // 8)
+                self.ceiling = new  # queueing: leave slow start, grow additively from here
+            else:
+                new = old
         self.limit = self._grant(new)
         self._prev_throughput = throughput
         self.history.append((now, self.limit))
         self._reset_window()
+
+    def _grow(self, old: int) -> int:
+        if old < self.ceiling:
+            # slow start, x1.5 per window (doubling overshoots a throttling server into a retry storm)
+            return min(old + max(1, old // 2), self.ceiling)
+        if self.w_max is None:
+            return old + max(1, old // 8)  # no throttling seen: ~12% per window
+        if old + 1 < self.w_max:
+            return old + 1  # recovering towards the point where we were throttled
+        # At the last throttle point: hold a few windows before probing beyond it. Throttles in
+        # the middle of a batch stall the whole batch (in-order delivery), so they cost more
+        # than the throughput a probe can win.
+        self._plateau += 1
+        if self._plateau < 4:
+            return old
+        self.w_max = None
+        return old + 1
 
     def close(self) -> None:
         if self.budget is not None:

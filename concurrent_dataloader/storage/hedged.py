@@ -53,7 +53,7 @@ class _LatencyTracker:
 
 class HedgedStore(ByteStore):
     def __init__(self, inner: ByteStore, *, quantile: float = 0.95, max_extra: float = 0.05,
-                 min_observations: int = 50, window: int = 2000, min_delay_s: float = 0.001,
+                 min_observations: int = 20, window: int = 2000, min_delay_s: float = 0.001,
                  max_threads: int = 64) -> None:
         if not 0 < quantile < 1:
             raise ConfigError(f"quantile must be in (0, 1), got {quantile!r}")

@@ -41,7 +41,7 @@ def test_grows_to_max_when_latency_is_flat():
     assert all(1 <= l <= 64 for _, l in ctrl.history)
 
 
-def test_halves_on_throttling_and_settles_below_the_rate_limit():
+def test_cuts_on_throttling_and_settles_near_the_rate_limit():
     clock = FakeClock()
     count = [0.0]
 
@@ -54,9 +54,9 @@ def test_halves_on_throttling_and_settles_below_the_rate_limit():
     limits = [l for _, l in ctrl.history[-20:]]
     assert max(limits) <= 2 * 20 + 3
     assert min(limits) >= 5
-    # multiplicative decrease happened
+    # multiplicative decrease (x0.7) happened
     pairs = list(zip([l for _, l in ctrl.history], [l for _, l in ctrl.history][1:]))
-    assert any(b <= a // 2 + 1 and a > 20 for a, b in pairs)
+    assert any(b <= int(a * 0.7) + 1 and a > 20 for a, b in pairs)
 
 
 def test_backs_off_when_latency_rises_without_throughput_gain():
@@ -71,7 +71,7 @@ def test_backs_off_when_latency_rises_without_throughput_gain():
 def test_errors_count_as_congestion():
     clock = FakeClock()
     ctrl = AIMDController(64, initial=32, clock=clock)
-    for _ in range(64):
+    for _ in range(400):
         clock.t += 0.01
         ctrl.on_complete(0.05, ok=False)
     assert ctrl.limit <= 16
