@@ -35,17 +35,17 @@ def plot_throughput_vs_latency(rows: list[dict[str, Any]], path: Path, title: st
     # keep one setting per loader: the one with the most latency points (the grid's main sweep)
     series: dict[tuple, dict[float, float]] = defaultdict(dict)
     for r in rows:
-        key = (r["loader"], r["num_workers"], r["num_fetch_workers"], r["batch_pool"], r["batch_size"])
+        key = (r["loader"], r["num_workers"], r["num_fetch_workers"], r["batch_pool"], r["batch_size"], r["s3_client"])
         series[key][r["latency_ms"]] = max(r["img_per_s"], series[key].get(r["latency_ms"], 0.0))
     best: dict[str, tuple] = {}
-    for key, pts in series.items():
+    for key, pts in series.items():  # per loader, the series with the most latency points
         if key[0] not in best or len(pts) > len(series[best[key[0]]]):
             best[key[0]] = key
     fig, ax = plt.subplots(figsize=(6.4, 4.0))
     for loader, key in best.items():
         pts = sorted(series[key].items())
         color, marker = _STYLE.get(loader, (None, "o"))
-        label = loader + (f" (nfw={key[2]})" if key[2] else "")
+        label = loader + (f" (nfw={key[2]})" if key[2] else "") + (f" [{key[5]}]" if key[5] == "botocore" else "")
         ax.plot([p[0] for p in pts], [p[1] for p in pts], marker=marker, color=color, label=label)
     for r in scratch:
         if r["loader"] == "torch":
