@@ -75,12 +75,19 @@ class BatchHandle:
         assert self._futures is not None
         return [f.result(timeout) for f in self._futures]
 
+    def _all(self) -> list[cf.Future]:
+        return [self._batch_future] if self._batch_future is not None else list(self._futures or [])
+
     def done(self) -> bool:
-        futures = [self._batch_future] if self._batch_future is not None else self._futures or []
-        return all(f.done() for f in futures)
+        return all(f.done() for f in self._all())
+
+    def wait(self, timeout: float | None) -> bool:
+        """Wait until every sample finished (or failed); False on timeout. Never raises."""
+        _, not_done = cf.wait(self._all(), timeout=timeout)
+        return not not_done
 
     def cancel(self) -> None:
-        for f in [self._batch_future] if self._batch_future is not None else self._futures or []:
+        for f in self._all():
             f.cancel()
 
 

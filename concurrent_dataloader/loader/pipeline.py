@@ -23,10 +23,17 @@ class ReadAhead:
     sample finishes first.
     """
 
-    def __init__(self, fetcher: SampleFetcher, auto_collation: bool, collate_fn: Callable) -> None:
+    # How often a worker waiting on its head batch looks for newly arrived index batches.
+    POLL_S = 0.005
+
+    def __init__(self, fetcher: SampleFetcher, auto_collation: bool, collate_fn: Callable,
+                 while_waiting: Callable[[], None] | None = None) -> None:
         self.fetcher = fetcher
         self.auto_collation = auto_collation
         self.collate_fn = collate_fn
+        # NOTE: called repeatedly while the head batch is still loading, so batches whose indices
+        # arrive meanwhile start at once instead of after the head is done.
+        self.while_waiting = while_waiting
         self._pending: collections.deque[tuple[Any, BatchHandle]] = collections.deque()
 
     def __len__(self) -> int:
@@ -42,7 +49,11 @@ class ReadAhead:
                 self._pending.popleft()[1].cancel()
             if not self._pending:  # never submitted (e.g. admitted before the fetcher existed)
                 self.submit(index)
-        _, handle = self._pending.popleft()
+        _, handle = self._pending[0]  # stays counted as in flight while we wait for it
+        if self.while_waiting is not None:
+            while not handle.wait(self.POLL_S):
+                self.while_waiting()
+        self._pending.popleft()
         samples = handle.result()
         return self.collate_fn(samples if self.auto_collation else samples[0])
 
@@ -87,14 +98,19 @@ class ReadAheadIndexQueue:
     def _in_flight(self) -> int:
         return len(self.read_ahead) if self.read_ahead is not None else len(self._buffer)
 
-    def get(self, block: bool = True, timeout: float | None = None) -> Any:
-        if not self._buffer:
-            self._admit(self._queue.get(block, timeout))  # may raise queue.Empty, as before
-        while (self._in_flight() < self._batch_pool and not self._is_control(self._buffer[-1])):
+    def top_up(self) -> None:
+        """Admit index batches that already arrived, up to ``batch_pool`` in flight (never blocks)."""
+        while (self._in_flight() < self._batch_pool
+               and not (self._buffer and self._is_control(self._buffer[-1]))):
             try:
                 self._admit(self._queue.get(block=False))
             except queue.Empty:
                 break
+
+    def get(self, block: bool = True, timeout: float | None = None) -> Any:
+        if not self._buffer:
+            self._admit(self._queue.get(block, timeout))  # may raise queue.Empty, as before
+        self.top_up()
         return self._buffer.popleft()
 
     def __getattr__(self, name: str) -> Any:

@@ -49,7 +49,8 @@ def _worker_loop(*args: Any, **kwargs: Any) -> None:
         nonlocal fetcher
         if fetcher is None:
             fetcher = make_fetcher(dataset, config, budget=budget_from_init_fn(a["init_fn"]), slot=a["worker_id"])
-            index_queue.read_ahead = ReadAhead(fetcher, a["auto_collation"], a["collate_fn"])
+            index_queue.read_ahead = ReadAhead(fetcher, a["auto_collation"], a["collate_fn"],
+                                               while_waiting=index_queue.top_up)
         assert index_queue.read_ahead is not None
         index_queue.read_ahead.clear()
         return PipelineFetcher(index_queue.read_ahead)
