@@ -26,13 +26,12 @@ pollutes the loader's CPU figures.
 
 from __future__ import annotations
 
-import io
 import itertools
 import os
 import time
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any, Callable
 
 __all__ = ["LOADERS", "STORAGES", "RunSpec", "BenchConfig", "load_config", "expand_grid", "run_benchmark",
            "realistic_transform", "ratios_and_checks"]

@@ -22,7 +22,6 @@ import asyncio
 import hashlib
 import hmac
 import os
-import random
 import socket
 import ssl
 import threading
@@ -166,10 +165,6 @@ class SigV4Signer:
 # ---------------------------------------------------------------------------------------------
 # HTTP/1.1
 # ---------------------------------------------------------------------------------------------
-
-class _Incomplete(Exception):
-    pass
-
 
 class _TooLarge(OSError):
     """The response body is larger than ``max_object_bytes`` (re-raised naming the key)."""

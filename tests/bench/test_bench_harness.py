@@ -15,8 +15,6 @@ from benchmarking.make_synthetic import SyntheticSpec, make_synthetic
 from benchmarking.make_synthetic import main as synth_main
 from concurrent_dataloader.datasets import get_dataset
 
-from conftest import BENCH_CREDS  # tests/bench/conftest.py
-
 
 def test_synthetic_dataset_matches_the_seed_formats(tmp_path):
     spec = SyntheticSpec(train=30, val=10, classes=4, width=80, height=60, target_kb=4, seed=1)
