@@ -91,17 +91,33 @@ def start_s3_server(work: Path, latency_ms: float) -> tuple[subprocess.Popen, st
     return proc, line.split("listening on ", 1)[1].strip()
 
 
-def read_epoch(dataset: Any, args: argparse.Namespace) -> float:
-    """Best-of-``repeats`` images/second for one shuffled epoch."""
-    best = 0.0
+def read_epoch(dataset: Any, args: argparse.Namespace) -> tuple[float, float]:
+    """(images/second, CPU milliseconds per image) for one shuffled epoch through our DataLoader.
+
+    CPU time is this process's (all threads; with num_workers=0 all the work is here): it
+    suffers much less than wall time when other processes compete for the machine.
+    """
+    loader = DataLoader(dataset, batch_size=args.batch_size, shuffle=True, num_workers=args.num_workers,
+                        num_fetch_workers=args.num_fetch_workers, fetch_impl=args.fetch_impl)
+    with loader:
+        start, cpu = time.perf_counter(), time.process_time()
+        n = sum(len(y) for _, y in loader)
+        rate = n / (time.perf_counter() - start)
+        cpu_ms = (time.process_time() - cpu) * 1000 / n
+    assert n == len(dataset)
+    return rate, cpu_ms
+
+
+def best_of(datasets: dict[str, Any], args: argparse.Namespace) -> dict[str, tuple[float, float]]:
+    """Best rate and lowest CPU/image per source over ``repeats`` rounds; the sources take turns
+    within each round, so a burst of load from other processes hits all of them alike."""
+    best = {name: (0.0, float("inf")) for name in datasets}
+    for ds in datasets.values():  # warm-up (lazy imports, per-file metadata, page cache): not timed
+        read_epoch(ds, args)
     for _ in range(args.repeats):
-        loader = DataLoader(dataset, batch_size=args.batch_size, shuffle=True, num_workers=args.num_workers,
-                            num_fetch_workers=args.num_fetch_workers, fetch_impl=args.fetch_impl)
-        with loader:
-            start = time.perf_counter()
-            n = sum(len(y) for _, y in loader)
-            best = max(best, n / (time.perf_counter() - start))
-        assert n == len(dataset)
+        for name, ds in datasets.items():
+            rate, cpu = read_epoch(ds, args)
+            best[name] = (max(best[name][0], rate), min(best[name][1], cpu))
     return best
 
 
@@ -123,7 +139,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--num-workers", type=int, default=0, help="DataLoader worker processes (read and convert)")
     p.add_argument("--num-fetch-workers", type=int, default=16)
     p.add_argument("--fetch-impl", choices=["threaded", "asyncio"], default="threaded")
-    p.add_argument("--repeats", type=int, default=2, help="read epochs per source (best is reported)")
+    p.add_argument("--repeats", type=int, default=3, help="rounds of read epochs (best per source is reported)")
     p.add_argument("--formats", nargs="+", default=FORMATS, choices=FORMATS)
     p.add_argument("--s3", action="store_true", help="also read from a local S3 endpoint with injected latency")
     p.add_argument("--latency-ms", type=float, default=20.0)
@@ -145,49 +161,49 @@ def main(argv: list[str] | None = None) -> int:
         print(f"generated {len(items)} JPEGs {args.width}x{args.height} ({dir_mb(work / 'src'):.1f} MB) "
               f"in {time.perf_counter() - t0:.1f}s; cpus={os.cpu_count()}", file=sys.stderr)
 
-        rows: list[dict[str, Any]] = []
-        rows.append({"source": "jpeg folder", "convert": None, "mb": dir_mb(work / "src"),
-                     "local": read_epoch(JpegFolder(LocalStore(work / "src"), items, transform), args)})
+        rows: list[dict[str, Any]] = [{"source": "jpeg folder", "convert": None, "mb": dir_mb(work / "src")}]
+        local: dict[str, Any] = {"jpeg folder": JpegFolder(LocalStore(work / "src"), items, transform)}
         for fmt in args.formats:
             spec = get_format(fmt)
             kw = {"shape": shape, "im_mode": "RGB"} if spec.fixed_size else {}
             t0 = time.perf_counter()
             spec.converter(str(work / "src"), work / fmt, args.images_per_file, args.batch_size, args.num_workers,
                            progress=False, num_fetch_workers=args.num_fetch_workers, **kw).convert()
-            conv = len(items) / (time.perf_counter() - t0)
-            rows.append({"source": fmt, "convert": conv, "mb": dir_mb(work / fmt),
-                         "local": read_epoch(spec.reader(work / fmt, transform=transform), args)})
+            rows.append({"source": fmt, "convert": len(items) / (time.perf_counter() - t0), "mb": dir_mb(work / fmt)})
+            local[fmt] = spec.reader(work / fmt, transform=transform)
+        for row, (rate, cpu) in zip(rows, best_of(local, args).values()):
+            row["local"], row["local_cpu"] = rate, cpu
 
         if args.s3:
             server, endpoint = start_s3_server(work, args.latency_ms)
             opts = {"endpoint_url": endpoint, "region_name": "us-east-1",
                     "aws_access_key_id": "bench", "aws_secret_access_key": "bench-secret"}
             try:
-                store = open_store("s3://bench/src", **opts)
-                rows[0]["s3"] = read_epoch(JpegFolder(store, items, transform), args)
-                for row in rows[1:]:
-                    reader = get_format(row["source"]).reader(f"s3://bench/{row['source']}", transform=transform,
-                                                              storage_options=opts)
-                    row["s3"] = read_epoch(reader, args)
+                remote: dict[str, Any] = {"jpeg folder": JpegFolder(open_store("s3://bench/src", **opts), items, transform)}
+                for fmt in args.formats:
+                    remote[fmt] = get_format(fmt).reader(f"s3://bench/{fmt}", transform=transform, storage_options=opts)
+                for row, (rate, cpu) in zip(rows, best_of(remote, args).values()):
+                    row["s3"], row["s3_cpu"] = rate, cpu
             finally:
                 server.terminate()
                 server.wait(timeout=10)
 
-        base_local = rows[0]["local"]
-        base_s3 = rows[0].get("s3")
-        cols = ["source", "convert img/s", "MB", "read local img/s", "x jpeg"]
+        cols = ["source", "convert img/s", "MB", "local img/s", "x jpeg", "local CPU ms/img"]
         if args.s3:
-            cols += [f"read S3 ({args.latency_ms:g} ms) img/s", "x jpeg"]
-        print(f"\n{len(items)} images {args.width}x{args.height} JPEG, fixed formats at {shape[0]}x{shape[1]}, "
+            cols += [f"S3 {args.latency_ms:g} ms img/s", "x jpeg", "S3 CPU ms/img"]
+        load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+        print(f"\nload average {load:.1f} on {os.cpu_count()} cpus (other processes make wall-time rates noisy; "
+              "CPU ms/img is steadier)")
+        print(f"{len(items)} images {args.width}x{args.height} JPEG, fixed formats at {shape[0]}x{shape[1]}, "
               f"batch {args.batch_size}, num_workers {args.num_workers}, num_fetch_workers {args.num_fetch_workers}, "
-              f"{args.fetch_impl}\n")
+              f"{args.fetch_impl}, best of {args.repeats}\n")
         print("| " + " | ".join(cols) + " |")
         print("|" + "|".join("---" for _ in cols) + "|")
         for row in rows:
             cells = [row["source"], "-" if row["convert"] is None else f"{row['convert']:.0f}", f"{row['mb']:.1f}",
-                     f"{row['local']:.0f}", f"{row['local'] / base_local:.2f}"]
+                     f"{row['local']:.0f}", f"{row['local'] / rows[0]['local']:.2f}", f"{row['local_cpu']:.2f}"]
             if args.s3:
-                cells += [f"{row['s3']:.0f}", f"{row['s3'] / base_s3:.2f}"]
+                cells += [f"{row['s3']:.0f}", f"{row['s3'] / rows[0]['s3']:.2f}", f"{row['s3_cpu']:.2f}"]
             print("| " + " | ".join(cells) + " |")
     finally:
         if not args.workdir:

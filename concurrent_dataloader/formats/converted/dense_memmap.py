@@ -10,9 +10,9 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from ...errors import DataFormatError
+from ...errors import ConfigError, DataFormatError
 from ._arrays import RawArrayWriter, array_offset
-from .base import (LABEL_MODES, ConverterFixedSize, DenseLabelEncoder, FileWriter, array_shape, mode_channels,
+from .base import (IMAGE_MODES, LABEL_MODES, ConverterFixedSize, DenseLabelEncoder, FileWriter, array_shape, mode_channels,
                    register_format)
 from .memmap import MemmapReader
 
@@ -60,10 +60,11 @@ class DenseMemmapReader(MemmapReader):
         super()._setup()
         # The seed's dense files have no label_mode: their label maps have the image's shape and mode.
         self.label_mode = self.metadata.get("label_mode", self.mode)
-        if self.label_mode not in LABEL_MODES and self.label_mode not in ("YCbCr", "LAB", "HSV", "CMYK"):
-            raise DataFormatError(f"{self.dataset_path}: unsupported label_mode {self.label_mode!r}")
-        table = LABEL_MODES if self.label_mode in LABEL_MODES else None
-        self.label_shape = array_shape(self.shape, self.label_mode, table) if table else self.sample_shape
+        table = LABEL_MODES if self.label_mode in LABEL_MODES else IMAGE_MODES
+        try:
+            self.label_shape = array_shape(self.shape, self.label_mode, table)
+        except ConfigError:
+            raise DataFormatError(f"{self.dataset_path}: unsupported label_mode {self.label_mode!r}") from None
         self.label_bytes = math.prod(self.label_shape)
 
     def _load_file_info(self, n: int) -> tuple[int, int]:
