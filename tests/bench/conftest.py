@@ -2,21 +2,13 @@
 
 from __future__ import annotations
 
-import socket
 import uuid
 
 import pytest
 
 from benchmarking.s3_server import S3Server
 
-BENCH_CREDS = {"region_name": "us-east-1", "aws_access_key_id": "bench-key-AKIA1234",
-               "aws_secret_access_key": "bench-secret-DO-NOT-LEAK-91c2"}
-
-
-def free_port_for_test() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from bench_support import BENCH_CREDS
 
 
 @pytest.fixture(scope="session")
