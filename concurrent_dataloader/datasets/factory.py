@@ -72,7 +72,7 @@ def get_dataset(dataset: str, dataset_type: str = "train", limit: int | None = N
                 aws_access_key_id: str | None = None, aws_secret_access_key: str | None = None,
                 max_pool_connections: int = DEFAULT_MAX_POOL_CONNECTIONS, retry: RetryPolicy | None = None,
                 cache_dir: str | os.PathLike | None = None, cache_max_bytes: int = DEFAULT_CACHE_MAX_BYTES,
-                decoder: str = "pil", validate: bool = True) -> ImageDataset:
+                decoder: str = "pil", validate: bool = True, s3_client: str = "botocore") -> ImageDataset:
     """Build the seed's image dataset from its index, classes and credential files.
 
     dataset
@@ -96,6 +96,8 @@ def get_dataset(dataset: str, dataset_type: str = "train", limit: int | None = N
 
     S3 options (``endpoint_url``, ``region_name``, ``addressing_style``, ``max_pool_connections``,
     ``retry``) point the dataset at MinIO/Ceph/moto; arguments win over the credential file.
+    ``s3_client``: ``"botocore"`` (boto3/aiobotocore) or ``"lean"`` (our SigV4 client, ~10x less
+    CPU per GET; path-style addressing and static keys only), see :class:`S3ImageDataset`.
     With ``validate=True`` a bad bucket or wrong credentials fail here (one HeadBucket request)
     rather than in the first batch.
     """
@@ -139,7 +141,8 @@ def get_dataset(dataset: str, dataset_type: str = "train", limit: int | None = N
         cache = (DiskCache(cache_dir, namespace=f"s3|{s3_options.get('endpoint_url') or ''}|{bucket_name}|{prefix}",
                            max_bytes=cache_max_bytes) if use_cache else None)
         ds: ImageDataset = S3ImageDataset(bucket_name, index, labels, prefix=prefix, transform=transform,
-                                          cache=cache, decoder=decoder, classes=class_ids, **s3_options)
+                                          cache=cache, decoder=decoder, classes=class_ids, s3_client=s3_client,
+                                          **s3_options)
         if validate:
             ds.store.check()  # type: ignore[attr-defined]
             ds.store.close()  # no sockets for forked workers to inherit

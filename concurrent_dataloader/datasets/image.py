@@ -23,6 +23,7 @@ from ..storage.cache import DiskCache
 from ..storage.local import LocalStore
 from ..storage.retry import RetryPolicy
 from ..storage.s3 import DEFAULT_MAX_POOL_CONNECTIONS, S3Store
+from ..storage.s3_http import LeanS3Store
 
 __all__ = ["ImageDataset", "S3ImageDataset", "ScratchImageDataset", "decode_image", "DECODERS"]
 
@@ -205,19 +206,30 @@ class ImageDataset(ConcurrentDataset):
         return f"{type(self).__name__}({len(self)} images from {self.store!r}, cache={self.cache!r})"
 
 
+S3_CLIENTS = {"botocore": S3Store, "lean": LeanS3Store}
+
+
 class S3ImageDataset(ImageDataset):
     """Images stored as objects ``s3://<bucket>/<prefix><key>`` (any S3-compatible server).
 
-    ``s3_options`` go to :class:`~concurrent_dataloader.storage.S3Store`: ``endpoint_url``,
-    ``region_name``, ``addressing_style``, credentials, ``max_pool_connections`` (keep it at least
-    ``num_fetch_workers``), ``retry``.
+    ``s3_options`` go to the store: ``endpoint_url``, ``region_name``, ``addressing_style``,
+    credentials, ``max_pool_connections`` (keep it at least ``num_fetch_workers``), ``retry``.
+    ``s3_client="botocore"`` (default) uses :class:`~concurrent_dataloader.storage.S3Store`
+    (boto3/aiobotocore, every S3 feature and credential source); ``"lean"`` uses
+    :class:`~concurrent_dataloader.storage.LeanS3Store`, our SigV4 client that costs ~0.05-0.1 ms of
+    CPU per GET instead of ~1 ms (path-style addressing, static keys).
     """
 
     def __init__(self, bucket: str, keys: Sequence[str], labels: Sequence[int], *, prefix: str = "",
                  max_pool_connections: int = DEFAULT_MAX_POOL_CONNECTIONS, retry: RetryPolicy | None = None,
                  transform: Callable[[Any], Any] | None = None, cache: DiskCache | None = None,
-                 decoder: str = "pil", classes: dict[str, int] | None = None, **s3_options: Any) -> None:
-        store = S3Store(bucket, prefix, max_pool_connections=max_pool_connections, retry=retry, **s3_options)
+                 decoder: str = "pil", classes: dict[str, int] | None = None, s3_client: str = "botocore",
+                 **s3_options: Any) -> None:
+        if s3_client not in S3_CLIENTS:
+            raise ConfigError(f"s3_client must be one of {sorted(S3_CLIENTS)}, got {s3_client!r}")
+        if retry is not None:
+            s3_options["retry"] = retry
+        store = S3_CLIENTS[s3_client](bucket, prefix, max_pool_connections=max_pool_connections, **s3_options)
         super().__init__(store, keys, labels, transform=transform, cache=cache, decoder=decoder, classes=classes)
 
 

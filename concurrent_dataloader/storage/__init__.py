@@ -8,10 +8,11 @@ from .cache import DiskCache
 from .hedged import HedgedStore
 from .local import LocalStore
 from .retry import RetryCounters, RetryPolicy
+from .s3_http import LeanS3Store
 from .s3 import BucketNotFoundError, ObjectNotFoundError, S3AccessDeniedError, S3Error, S3Store, parse_s3_url
 
 __all__ = [
     "ByteRange", "ByteStore", "LocalStore", "STORE_REGISTRY", "open_store", "register_store",
     "RetryCounters", "RetryPolicy", "DiskCache", "HedgedStore",
-    "S3Store", "S3Error", "ObjectNotFoundError", "BucketNotFoundError", "S3AccessDeniedError", "parse_s3_url",
+    "S3Store", "LeanS3Store", "S3Error", "ObjectNotFoundError", "BucketNotFoundError", "S3AccessDeniedError", "parse_s3_url",
 ]

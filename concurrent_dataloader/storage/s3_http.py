@@ -867,6 +867,10 @@ class LeanS3Store(ByteStore):
     def describe(self, key: str) -> str:
         return f"s3://{self.bucket}/{self.full_key(key)}"
 
+    def check(self) -> None:
+        """One HeadBucket: a missing bucket or bad credentials fail now, not in the first batch."""
+        self.client.request("HEAD", self.bucket)
+
     def close(self) -> None:
         self.client.close()
 
