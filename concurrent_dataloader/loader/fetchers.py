@@ -19,7 +19,7 @@ import threading
 import time
 import warnings
 import weakref
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 from torch.utils.data import Subset
 
@@ -109,9 +109,18 @@ class SampleFetcher:
     def current_limit(self) -> int:
         return self.controller.limit if self.controller is not None else self.config.concurrency
 
-    def _feedback(self, began: float, ok: bool) -> None:
+    @contextlib.contextmanager
+    def _measured(self) -> Iterator[float]:
+        """Times one fetch and reports its latency and outcome to the adaptive controller."""
+        began = time.perf_counter()
+        try:
+            yield began
+        except Exception:
+            if self.controller is not None:
+                self.controller.on_complete(time.perf_counter() - began, False)
+            raise
         if self.controller is not None:
-            self.controller.on_complete(time.perf_counter() - began, ok)
+            self.controller.on_complete(time.perf_counter() - began, True)
 
     def _record(self, began: float, raw: Any) -> None:
         stats = self.stats
@@ -126,28 +135,15 @@ class SampleFetcher:
 
     def _load_sync(self, index: Any) -> Any:
         ds, i = _resolve(self.dataset, index)
-        gate = self._gate
         try:
             if is_fetch_decode(ds):
-                with gate:
-                    began = time.perf_counter()
-                    try:
-                        raw = ds.fetch_raw(i)
-                    except Exception:
-                        self._feedback(began, False)
-                        raise
-                    self._feedback(began, True)
+                with self._gate, self._measured() as began:
+                    raw = ds.fetch_raw(i)
                 self._record(began, raw)
                 sample = ds.decode(i, raw)
             else:
-                with gate:
-                    began = time.perf_counter()
-                    try:
-                        sample = ds[i]
-                    except Exception:
-                        self._feedback(began, False)
-                        raise
-                    self._feedback(began, True)
+                with self._gate, self._measured() as began:
+                    sample = ds[i]
                 self._record(began, None)
         except Exception as exc:
             self._record_sample(False)
@@ -284,24 +280,14 @@ class AsyncioFetcher(SampleFetcher):
         try:
             if not is_fetch_decode(ds):
                 async with self._limiter:
-                    began = time.perf_counter()
-                    try:
+                    with self._measured() as began:
                         sample = await loop.run_in_executor(self._io_pool, ds.__getitem__, i)
-                    except Exception:
-                        self._feedback(began, False)
-                        raise
-                    self._feedback(began, True)
-                    self._record(began, None)
+                self._record(began, None)
             else:
                 async with self._limiter:
-                    began = time.perf_counter()
-                    try:
+                    with self._measured() as began:
                         raw = await ds.fetch_raw_async(i)
-                    except Exception:
-                        self._feedback(began, False)
-                        raise
-                    self._feedback(began, True)
-                    self._record(began, raw)
+                self._record(began, raw)
                 # NOTE: decode is CPU work and never runs on this (the event-loop) thread.
                 sample = await loop.run_in_executor(self._cpu_pool, ds.decode, i, raw)
         except Exception as exc:

@@ -47,8 +47,8 @@ class OverlapCounter:
             del self.active[i]
 
 
-class SleepyDataset(Dataset):
-    """A plain dataset (no fetch/decode protocol) whose __getitem__ sleeps; reports overlap peaks."""
+class _PerProcessCounter:
+    """An OverlapCounter per process (a forked/spawned worker starts its own)."""
 
     def __init__(self, n: int, batch_size: int, delay: float = 0.05) -> None:
         self.n, self.batch_size, self.delay = n, batch_size, delay
@@ -66,6 +66,10 @@ class SleepyDataset(Dataset):
     def __len__(self) -> int:
         return self.n
 
+
+class SleepyDataset(_PerProcessCounter, Dataset):
+    """A plain dataset (no fetch/decode protocol) whose __getitem__ sleeps; reports overlap peaks."""
+
     def __getitem__(self, i: int):
         c = self._c()
         c.enter(i)
@@ -76,24 +80,8 @@ class SleepyDataset(Dataset):
         return torch.tensor([i, c.peak, c.peak_batches, os.getpid()])
 
 
-class SleepyFetchDecode(ConcurrentDataset):
+class SleepyFetchDecode(_PerProcessCounter, ConcurrentDataset):
     """Protocol dataset: fetch sleeps (sync) or awaits (async); decode records its thread."""
-
-    def __init__(self, n: int, batch_size: int, delay: float = 0.05) -> None:
-        self.n, self.batch_size, self.delay = n, batch_size, delay
-        self._counter = None
-        self._pid = None
-
-    def __getstate__(self):
-        return {"n": self.n, "batch_size": self.batch_size, "delay": self.delay, "_counter": None, "_pid": None}
-
-    def _c(self) -> OverlapCounter:
-        if self._pid != os.getpid():
-            self._counter, self._pid = OverlapCounter(self.batch_size), os.getpid()
-        return self._counter
-
-    def __len__(self) -> int:
-        return self.n
 
     def fetch_raw(self, i: int):
         c = self._c()
