@@ -183,3 +183,10 @@ def test_seed_layouts_from_s3(tmp_path, s3_client, s3_bucket, s3_options, make, 
         _check_fixed(reader, expected)
     else:
         _check_flexible(reader, expected)
+
+
+def test_npy_of_python_objects_is_never_unpickled(tmp_path):
+    seed_memmap(tmp_path, True)
+    np.save(tmp_path / "labels" / "labels_0.npy", np.array([{}, [], ()], dtype=object), allow_pickle=True)
+    with pytest.raises(ValueError, match="refusing to unpickle"):
+        MemmapReader(tmp_path)[0]
