@@ -64,6 +64,8 @@ from urllib.parse import parse_qsl, quote, unquote
 from xml.etree import ElementTree
 from xml.sax.saxutils import escape
 
+from concurrent_dataloader._atomic import atomic_write_bytes
+
 __all__ = [
     "S3Server",
     "ServerConfig",
@@ -288,15 +290,7 @@ class _DirBucket:
 
     def put(self, key: str, data: bytes) -> _Meta:
         path = self._path(key)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as f:
-                f.write(data)
-            os.replace(tmp, path)
-        except BaseException:
-            os.unlink(tmp)
-            raise
+        atomic_write_bytes(path, data)
         self._sorted = None
         return self._meta(path.stat())
 

@@ -11,12 +11,12 @@ import json
 import logging
 import os
 import posixpath
-import tempfile
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
+from .._atomic import atomic_open
 from ..errors import ConfigError, DataFormatError
 
 __all__ = [
@@ -82,20 +82,9 @@ def read_json(location: str | os.PathLike, what: str, s3_options: Mapping[str, A
 
 def write_json_atomic(path: str | os.PathLike, obj: Any, indent: int | None = None) -> None:
     """Write JSON via a temp file in the same directory and ``os.replace``: readers never see half a file."""
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(obj, f, indent=indent)
-            f.write("\n")
-        os.replace(tmp, target)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
+    with atomic_open(path, "w", encoding="utf-8") as f:
+        json.dump(obj, f, indent=indent)
+        f.write("\n")
 
 
 # --------------------------------------------------------------------------------------- index

@@ -19,10 +19,11 @@ from __future__ import annotations
 
 import hashlib
 import os
-import tempfile
 import threading
 from pathlib import Path
 from typing import Any
+
+from .._atomic import TEMP_MARKER, atomic_write_bytes
 
 __all__ = ["DiskCache", "default_cache_dir"]
 
@@ -109,20 +110,8 @@ class DiskCache:
 
     def put(self, key: str, data: bytes) -> None:
         """Store ``data`` atomically. Failures (disk full, permissions) are swallowed: a cache is optional."""
-        path = self.path(key)
         try:
-            path.parent.mkdir(exist_ok=True)
-            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
-            try:
-                with os.fdopen(fd, "wb") as f:
-                    f.write(data)
-                os.replace(tmp, path)
-            except BaseException:
-                try:
-                    os.unlink(tmp)
-                except OSError:
-                    pass
-                raise
+            atomic_write_bytes(self.path(key), data)
         except OSError:
             return
         with self._lock:
@@ -139,7 +128,7 @@ class DiskCache:
             if not sub.is_dir():
                 continue
             for entry in os.scandir(sub):
-                if entry.name.startswith(".tmp-"):
+                if TEMP_MARKER in entry.name:  # a write in progress
                     continue
                 try:
                     st = entry.stat()

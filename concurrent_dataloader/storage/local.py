@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 from typing import Any, Iterator
 
+from .._atomic import atomic_write_bytes
 from .base import ByteRange, ByteStore, register_store
 
 __all__ = ["LocalStore"]
@@ -74,16 +74,7 @@ class LocalStore(ByteStore):
 
     def put(self, key: str, data: bytes) -> None:
         """Atomic: a temp file in the same directory, then a rename."""
-        target = self.path(key)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as f:
-                f.write(data)
-            os.replace(tmp, target)
-        except BaseException:
-            os.unlink(tmp)
-            raise
+        atomic_write_bytes(self.path(key), data)
 
     def size(self, key: str) -> int:
         return self.path(key).stat().st_size

@@ -20,6 +20,7 @@ import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
+from ..._atomic import TEMP_MARKER, atomic_write_bytes
 from ...errors import DataFormatError
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -37,7 +38,6 @@ __all__ = [
     "KeyedLocks",
 ]
 
-TEMP_MARKER = ".tmp-"
 
 
 def temp_path_for(final: Path) -> Path:
@@ -47,26 +47,6 @@ def temp_path_for(final: Path) -> Path:
 
 def is_temp_name(name: str) -> bool:
     return name.startswith(".") and TEMP_MARKER in name
-
-
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
-    """Write ``data`` to ``path`` via a temporary file in the same directory and ``os.replace``.
-
-    (Opened with plain ``open`` so the file gets the usual umask permissions, unlike mkstemp.)
-    """
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(f".{target.name}{TEMP_MARKER}{os.getpid()}-{threading.get_ident()}")
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-        os.replace(tmp, target)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
 
 
 class RangedFile(io.RawIOBase):
