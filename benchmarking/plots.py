@@ -1,4 +1,5 @@
-"""PNG plots of a benchmark run: throughput against latency per loader, and against num_fetch_workers."""
+"""PNG plots of a benchmark run: throughput against latency per loader, against num_fetch_workers,
+and per storage format."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-__all__ = ["plot_throughput_vs_latency", "plot_throughput_vs_fetch_workers", "plot_all"]
+__all__ = ["plot_throughput_vs_latency", "plot_throughput_vs_fetch_workers", "plot_throughput_by_format", "plot_all"]
 
 _STYLE = {"torch": ("grey", "o"), "ours-threaded": ("C0", "s"), "ours-asyncio": ("C1", "D"),
           "torch+getitems": ("C2", "^"), "s3torchconnector": ("C3", "v")}
@@ -25,10 +26,15 @@ def _ok(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return [r for r in rows if r.get("status") == "ok"]
 
 
+def _jpeg(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The loader plots compare loaders on one object per image (formats have their own plot)."""
+    return [r for r in rows if r.get("format", "jpeg") == "jpeg"]
+
+
 def plot_throughput_vs_latency(rows: list[dict[str, Any]], path: Path, title: str = "") -> Path | None:
     """One line per loader over the S3 latencies (runs with the most common worker/fetch settings)."""
-    scratch = [r for r in _ok(rows) if r["storage"] == "scratch"]
-    rows = [r for r in _ok(rows) if r["storage"] == "s3"]
+    scratch = [r for r in _jpeg(_ok(rows)) if r["storage"] == "scratch"]
+    rows = [r for r in _jpeg(_ok(rows)) if r["storage"] == "s3"]
     if not rows:
         return None
     plt = _plt()
@@ -64,11 +70,12 @@ def plot_throughput_vs_latency(rows: list[dict[str, Any]], path: Path, title: st
 
 
 def plot_throughput_vs_fetch_workers(rows: list[dict[str, Any]], path: Path, title: str = "") -> Path | None:
-    """One line per (loader, storage, latency) that was run with several num_fetch_workers values."""
+    """One line per (loader, storage, latency, format) that was run with several num_fetch_workers values."""
     rows = [r for r in _ok(rows) if r["num_fetch_workers"]]
     series: dict[tuple, dict[int, float]] = defaultdict(dict)
     for r in rows:
-        key = (r["loader"], r["storage"], r["latency_ms"], r["num_workers"], r["batch_pool"], r["batch_size"])
+        key = (r["loader"], r["storage"], r["latency_ms"], r["num_workers"], r["batch_pool"], r["batch_size"],
+               r.get("format", "jpeg"), r["s3_client"])
         series[key][r["num_fetch_workers"]] = r["img_per_s"]
     series = {k: v for k, v in series.items() if len(v) >= 2}
     if not series:
@@ -79,8 +86,9 @@ def plot_throughput_vs_fetch_workers(rows: list[dict[str, Any]], path: Path, tit
         loader, storage, lat = key[:3]
         color, marker = _STYLE.get(loader, (None, "o"))
         xs = sorted(pts)
+        fmt = "" if key[6] == "jpeg" else f" {key[6]}"
         ax.plot(xs, [pts[x] for x in xs], marker=marker, color=color,
-                label=f"{loader}, {storage} {lat:g} ms, {key[3]} workers")
+                label=f"{loader}, {storage}{fmt} {lat:g} ms, {key[3]} workers")
     ax.set_xscale("log", base=2)
     ax.set_xlabel("num_fetch_workers (concurrent fetches per worker)")
     ax.set_ylabel("images / s")
@@ -94,8 +102,74 @@ def plot_throughput_vs_fetch_workers(rows: list[dict[str, Any]], path: Path, tit
     return path
 
 
+def _mode(values: list[Any]) -> Any:
+    from collections import Counter
+
+    return Counter(values).most_common(1)[0][0]
+
+
+def plot_throughput_by_format(rows: list[dict[str, Any]], path: Path, title: str = "") -> Path | None:
+    """Grouped bars: one panel per (storage, latency), one group per format, one bar per loader.
+
+    Only rows with the grid's most common workers / batch size / S3 client / fetch settings are
+    drawn (a sweep point is not a format's result); each bar is the best such run.
+    """
+    rows = _ok(rows)
+    if len({r.get("format", "jpeg") for r in rows}) < 2:
+        return None
+    nw = _mode([r["num_workers"] for r in rows])
+    bs = _mode([r["batch_size"] for r in rows])
+    fetch = [(r["num_fetch_workers"], r["batch_pool"]) for r in rows
+             if r["loader"] in ("ours-threaded", "ours-asyncio") and r.get("format") != "shards"]
+    nfw_pool = _mode(fetch) if fetch else None
+    clients = [r["s3_client"] for r in rows if r["storage"] == "s3" and r["loader"] != "s3torchconnector"]
+    client = _mode(clients) if clients else None
+
+    def keep(r: dict[str, Any]) -> bool:
+        if r["num_workers"] != nw or r["batch_size"] != bs:
+            return False
+        if r["storage"] == "s3" and r["loader"] != "s3torchconnector" and r["s3_client"] != client:
+            return False
+        if r["loader"] in ("ours-threaded", "ours-asyncio") and r.get("format") != "shards" and nfw_pool is not None:
+            return (r["num_fetch_workers"], r["batch_pool"]) == nfw_pool
+        return True
+
+    best: dict[tuple, dict[str, dict[str, float]]] = defaultdict(lambda: defaultdict(dict))
+    for r in filter(keep, rows):
+        cell = best[(r["storage"], r["latency_ms"])][r.get("format", "jpeg")]
+        cell[r["loader"]] = max(r["img_per_s"], cell.get(r["loader"], 0.0))
+    panels = sorted(best, key=lambda k: (k[0] != "scratch", k[1]))
+    if not panels:
+        return None
+    from .harness import FORMATS, LOADERS
+
+    plt = _plt()
+    fig, axes = plt.subplots(len(panels), 1, figsize=(8.0, 2.6 * len(panels)), squeeze=False)
+    for ax, key in zip(axes[:, 0], panels):
+        groups = [f for f in FORMATS if f in best[key]]
+        loaders = [lo for lo in LOADERS if any(lo in best[key][f] for f in groups)]
+        width = 0.8 / max(1, len(loaders))
+        for j, lo in enumerate(loaders):
+            xs = [i + (j - (len(loaders) - 1) / 2) * width for i in range(len(groups))]
+            ys = [best[key][f].get(lo, 0.0) for f in groups]
+            ax.bar(xs, ys, width, color=_STYLE.get(lo, (None, "o"))[0], label=lo)
+        ax.set_xticks(range(len(groups)), groups)
+        ax.set_ylabel("images / s")
+        ax.grid(axis="y", alpha=0.3)
+        where = "local disk" if key[0] == "scratch" else f"S3, {key[1]:g} ms latency"
+        ax.set_title(where, fontsize=9)
+        ax.legend(fontsize=7, ncol=len(loaders))
+    fig.suptitle(title or "Throughput by storage format", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
 def plot_all(rows: list[dict[str, Any]], out_dir: Path, name: str = "") -> list[Path]:
     made = [plot_throughput_vs_latency(rows, out_dir / "throughput_vs_latency.png", f"{name}: throughput vs latency"),
             plot_throughput_vs_fetch_workers(rows, out_dir / "throughput_vs_fetch_workers.png",
-                                             f"{name}: throughput vs num_fetch_workers")]
+                                             f"{name}: throughput vs num_fetch_workers"),
+            plot_throughput_by_format(rows, out_dir / "throughput_by_format.png",
+                                      f"{name}: throughput by storage format")]
     return [p for p in made if p is not None]

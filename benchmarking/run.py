@@ -22,8 +22,8 @@ __all__ = ["format_table", "format_checks", "write_results", "main"]
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
-_COLUMNS = ["storage", "latency_ms", "loader", "s3_client", "num_workers", "num_fetch_workers", "batch_pool",
-            "batch_size", "prefetch_factor", "transform", "status", "images", "seconds", "img_per_s", "ratio_vs_torch",
+_COLUMNS = ["storage", "format", "latency_ms", "loader", "s3_client", "num_workers", "num_fetch_workers", "batch_pool",
+            "prefetch_shards", "batch_size", "prefetch_factor", "transform", "status", "images", "seconds", "img_per_s", "ratio_vs_torch",
             "loader_cpu_ms_per_img", "client_ms_per_img", "decode_ms_per_img", "other_ms_per_img",
             "server_cpu_ms_per_img", "server_cpu_ms_per_get", "server_core_util", "server_gets",
             "server_peak_in_flight", "ceiling_gets_per_s", "img_per_s_repeats"]
@@ -47,14 +47,24 @@ def format_table(result: dict[str, Any]) -> str:
                      f"{c['cpu_bound_gets_per_s']:,.0f} GET/s")
     if result.get("client_cpu"):
         lines.append("S3 client CPU per GET: " + ", ".join(f"{k} {v:.3f} ms" for k, v in result["client_cpu"].items()))
-    head = (f"{'storage':<8}{'lat':>4} {'loader':<17}{'s3 cli':<7}{'nw':>3}{'nfw':>4}{'pool':>5}{'bs':>4}{'img/s':>8}{'x torch':>8}"
+    shown: set[str] = set()
+    for name, f in (result.get("formats") or {}).items():
+        if f["path"] in shown:  # archive-mmap reads the archive's file
+            continue
+        shown.add(f["path"])
+        lines.append(f"format {name}: {f['size_mb']:.1f} MB in {f['files']} file(s); made from the JPEGs at "
+                     f"{f['make_img_per_s']:,} img/s{'' if f['made_now'] else ' (earlier, cached)'}")
+    fmt_col = any(r.get("format", "jpeg") != "jpeg" for r in result["rows"])
+    fw = 13 if fmt_col else 0
+    head = (f"{'storage':<8}{'format':<{fw}.{fw}}{'lat':>4} {'loader':<17}{'s3 cli':<7}{'nw':>3}{'nfw':>4}{'pool':>5}{'bs':>4}{'img/s':>8}{'x torch':>8}"
             f" | {'CPU ms/img':>10}{'client':>7}{'decode':>7}{'other':>7}{'server':>7} | {'srv GET/s':>9}{'peak':>5}"
             f"{'srv%':>5}")
     lines += [head, "-" * len(head)]
     for r in result["rows"]:
         cli = {"botocore": "boto"}.get(r["s3_client"], r["s3_client"])
-        base = (f"{r['storage']:<8}{r['latency_ms']:>4g} {r['loader']:<17}{cli:<7}{r['num_workers']:>3}"
-                f"{(r['num_fetch_workers'] or '-'):>4}{(r['batch_pool'] or '-'):>5}{r['batch_size']:>4}")
+        nfw = f"{r['prefetch_shards']}sh" if r.get("prefetch_shards") else (r["num_fetch_workers"] or "-")
+        base = (f"{r['storage']:<8}{r.get('format', 'jpeg'):<{fw}.{fw}}{r['latency_ms']:>4g} {r['loader']:<17}{cli:<7}"
+                f"{r['num_workers']:>3}{nfw:>4}{(r['batch_pool'] or '-'):>5}{r['batch_size']:>4}")
         if r.get("status") != "ok":
             lines.append(f"{base}  {r.get('status')}"[:len(head) + 40])
             continue
@@ -71,6 +81,11 @@ def format_table(result: dict[str, Any]) -> str:
     lines.append("CPU ms/img = loader processes (main + workers); client = S3 GET path (micro-benchmark), decode = "
                  "decode+transform (micro-benchmark), other = the rest (loader, collate, IPC); server = the S3 "
                  "server's own CPU. peak = most concurrent requests the server saw.")
+    if fmt_col:
+        lines.append("format: jpeg = one object/file per image; archive = one TAR, a ranged GET (or pread) per image "
+                     "(archive-mmap: a shared mmap); shards = tar shards streamed whole (nfw = prefetch_shards, e.g. "
+                     "4sh; the IterableDataset goes through our loader unchanged); memmap/hdf5 = decoded pixels; "
+                     "parquet/ipc/tar = converted, original JPEG bytes. x torch = vs stock torch on the same format.")
     return "\n".join(lines)
 
 

@@ -80,7 +80,7 @@ def test_expand_grid_products_and_deduplication():
     # scratch ignores latency, torch ignores num_fetch_workers: 2 + 1 distinct runs
     assert len(runs) == 3
     assert runs[0] == RunSpec(storage="scratch", latency_ms=0, loader="torch", s3_client="-", num_fetch_workers=0,
-                              batch_pool=0)
+                              batch_pool=0, prefetch_shards=0)
     with pytest.raises(ValueError, match="unknown run settings"):
         expand_grid({}, [{"loader": "torch", "bogus": 1}])
     with pytest.raises(ValueError, match="loader must be one of"):
