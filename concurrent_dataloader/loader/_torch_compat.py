@@ -24,6 +24,9 @@ from __future__ import annotations
 import contextlib
 import inspect
 import multiprocessing
+import signal
+import time
+import traceback
 from typing import Any, Callable, Iterator
 
 import torch
@@ -211,6 +214,65 @@ class ConcurrentMultiProcessingIter(_TimedNext, _tud_dataloader._MultiProcessing
             "multiprocessing_context": _ContextProxy(context, worker_loop),
         })
         super().__init__(view)
+
+    def __next__(self) -> Any:
+        try:
+            return super().__next__()
+        except Exception as exc:
+            # NOTE (shutdown): a dead worker or a timeout ends the epoch. Stop the other workers
+            # now rather than when this iterator is garbage-collected: the raised exception keeps
+            # it alive, and until then its children, sockets and shared memory stay, and torch's
+            # SIGCHLD handler can raise "worker killed" again anywhere in the main thread.
+            dead = _dead_workers(self._workers, wait=5.0 if isinstance(exc, (OSError, EOFError)) else 0.0)
+            timed_out = isinstance(exc, RuntimeError) and "DataLoader timed out" in str(exc)
+            if exc.__traceback__ is not None:
+                # NOTE (shutdown): torch re-raises a worker's error from a frame that holds it
+                # (ExceptionWrapper.reraise), a reference cycle through this iterator. Left alone,
+                # the iterator waits for the cyclic GC, which may finalize its queues first and
+                # then spend 5 s per worker in join timeouts. The frames below this one are
+                # torch internals (the worker's traceback is in the message): drop their locals.
+                traceback.clear_frames(exc.__traceback__.tb_next)
+            if not (dead or timed_out):
+                raise  # a sample's own error: the workers are fine and the epoch may go on
+            shutdown_iterator(self)
+            if dead and not isinstance(exc, RuntimeError):
+                # The dead worker's half-sent batch can surface as a pipe error; say what happened.
+                raise RuntimeError(f"DataLoader worker ({_describe_exit(dead)}) exited unexpectedly while its "
+                                   f"batch was being received ({type(exc).__name__}: {exc})") from exc
+            raise
+
+
+def _dead_workers(workers: list, wait: float) -> list:
+    """Workers that exited with an error. A pipe error from the data queue usually means a worker
+    is dying (its half-sent batch broke off); give the kernel up to ``wait`` s to report the exit."""
+    deadline = time.monotonic() + wait
+    while True:
+        dead = [w for w in workers if w.exitcode is not None and w.exitcode != 0]
+        if dead or time.monotonic() >= deadline:
+            return dead
+        time.sleep(0.02)
+
+
+def _describe_exit(workers: list) -> str:
+    parts = []
+    for w in workers:
+        code = w.exitcode
+        if code is not None and code < 0:
+            try:
+                how = f"killed by signal {signal.Signals(-code).name}"
+            except ValueError:
+                how = f"killed by signal {-code}"
+        else:
+            how = f"exit code {code}"
+        parts.append(f"pid {w.pid}, {how}")
+    return "; ".join(parts)
+
+
+def iterator_is_shut_down(loader: tud.DataLoader) -> bool:
+    """True when the loader's persistent iterator has stopped its workers (a worker died, a
+    timeout); the next ``iter(loader)`` must start fresh workers instead of resuming it."""
+    iterator = loader.__dict__.get("_iterator")
+    return iterator is not None and bool(getattr(iterator, "_shutdown", False))
 
 
 def shutdown_iterator(iterator: Any) -> None:

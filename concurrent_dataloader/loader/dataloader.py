@@ -102,6 +102,9 @@ class DataLoader(torch.utils.data.DataLoader):
         return iterator
 
     def __iter__(self) -> Any:
+        if self.persistent_workers and _torch_compat.iterator_is_shut_down(self):
+            # Its workers were stopped (one died, or a timeout): resuming it would wait forever.
+            _torch_compat.forget_persistent_iterator(self)
         if _torch_compat.is_map_style(self):
             # NOTE: snapshot *before* torch primes the next epoch's prefetch, so nothing of this
             # epoch is counted in the previous one.

@@ -78,6 +78,17 @@ def validate_state(state: Any, num_batches: int | None) -> dict:
     return state
 
 
+class _RngSources:
+    """The loader attributes that hold its random generators, without a reference to the loader."""
+
+    __slots__ = ("generator", "sampler", "batch_sampler")
+
+    def __init__(self, loader: Any) -> None:
+        self.generator = loader.generator
+        self.sampler = loader.sampler
+        self.batch_sampler = loader.batch_sampler
+
+
 class ResumableIndexSampler:
     """Wraps the loader's index sampler (or batch sampler); one-shot replay of a saved position.
 
@@ -88,7 +99,10 @@ class ResumableIndexSampler:
 
     def __init__(self, inner: Any, loader: Any, pre_iterator_rng: dict[str, str]) -> None:
         self.inner = inner
-        self.loader = loader
+        # NOTE (shutdown): not the loader itself. A persistent iterator holds this sampler and the
+        # loader holds the iterator; a cycle would leave the workers to the cyclic GC, which may
+        # finalize their queues first and then wait 5 s per worker to join them.
+        self.loader = _RngSources(loader)
         self.pre_iterator_rng = pre_iterator_rng  # valid for the first epoch of this iterator only
         self.pending: dict | None = None
         self.epoch_rng: dict[str, str] | None = None
