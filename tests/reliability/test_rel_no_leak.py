@@ -228,3 +228,32 @@ def test_del_loader_mid_epoch_spawn(env, fetch_impl):
     del it, loader
     gc.collect()
     res.assert_back(before, timeout=30)
+
+
+class KillOnceDataset(ChecksumDataset):
+    """SIGKILLs the worker decoding index 20, once (a flag file remembers it across processes)."""
+
+    flag = ""
+
+    def decode(self, index, raw):
+        if index == 20 and torch.utils.data.get_worker_info() is not None and not os.path.exists(self.flag):
+            open(self.flag, "w").close()
+            os.kill(os.getpid(), signal.SIGKILL)
+        return super().decode(index, raw)
+
+
+def test_persistent_workers_restart_after_a_worker_died(env, tmp_path):
+    """The epoch after a worker death starts fresh workers instead of resuming dead ones (which
+    would wait forever); with ``timeout=`` as a guard, a hang here fails instead of blocking."""
+    server, objs, res = env
+    before = res.snapshot()
+    ds = _dataset(KillOnceDataset, "s3lean", server, objs)
+    ds.flag = str(tmp_path / "killed")
+    loader = DataLoader(ds, batch_size=4, num_workers=2, persistent_workers=True, fetch_impl="threaded",
+                        num_fetch_workers=4, timeout=30)
+    _raises(RuntimeError, "killed by signal|exited unexpectedly", _drain, loader)
+    indices = [int(i) for idx, _sums, _labels in loader for i in idx]
+    assert indices == list(range(N))
+    loader.close()
+    del loader, ds
+    res.assert_back(before)
