@@ -52,6 +52,10 @@ def _parse_json_text(text: str | bytes, source: str, what: str) -> Any:
                               f"{exc.msg}") from None
     except UnicodeDecodeError as exc:
         raise DataFormatError(f"{what} file {source}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+    except RecursionError:
+        raise DataFormatError(f"{what} file {source}: JSON nested too deeply") from None
+    except ValueError as exc:  # e.g. an integer beyond Python's digit limit
+        raise DataFormatError(f"{what} file {source}: malformed JSON ({str(exc)[:120]})") from None
 
 
 def read_json(location: str | os.PathLike, what: str, s3_options: Mapping[str, Any] | None = None) -> Any:

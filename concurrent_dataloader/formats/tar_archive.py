@@ -98,7 +98,19 @@ def load_labels_file(path: str | os.PathLike) -> dict[str, list[float]]:
     is taken as a header. Every entry must have the same number of values.
     """
     path = Path(path)
-    text = path.read_text(encoding="utf-8")
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise DataFormatError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+    try:
+        return _parse_labels(path, text)
+    except (csv.Error, OverflowError, RecursionError, ValueError) as exc:
+        if isinstance(exc, DataFormatError):
+            raise
+        raise DataFormatError(f"{path}: unreadable labels file ({type(exc).__name__}: {str(exc)[:200]})") from None
+
+
+def _parse_labels(path: Path, text: str) -> dict[str, list[float]]:
     out: dict[str, list[float]] = {}
     if path.suffix.lower() == ".csv":
         for lineno, row in enumerate(csv.reader(io.StringIO(text)), 1):
@@ -298,6 +310,34 @@ class _FetchAll:
         return decompress_all(raw, self.kind, self.name)
 
 
+def _check_index(table: Any, names: Any, classes: Any, members: Any, archive_size: int, bounded: bool) -> str | None:
+    """Why a loaded index table and its record are unusable, or None."""
+    if not isinstance(table, np.ndarray) or table.dtype.kind not in "fiu" or table.ndim != 2 \
+            or table.shape[1] < _COLUMNS + 1:
+        return f"the table has an unexpected type or shape {getattr(table, 'dtype', '?')} {getattr(table, 'shape', '?')}"
+    if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+        return "its member names are not a list of strings"
+    if not isinstance(classes, list) or not all(isinstance(c, str) for c in classes):
+        return "its class names are not a list of strings"
+    if isinstance(members, bool) or not isinstance(members, int):
+        return "its member count is not an integer"
+    if table.shape[0] != len(names) or len(names) == 0:
+        return f"the table has {table.shape[0]} rows for {len(names)} names"
+    with np.errstate(all="ignore"):
+        data = table.astype(np.float64)
+        if not np.isfinite(data).all():
+            return "the table has non-finite values"
+        offsets, sizes = data[:, 1], data[:, 2]
+        if (offsets < 0).any() or (sizes < 0).any() or (offsets != np.floor(offsets)).any() \
+                or (sizes != np.floor(sizes)).any():
+            return "the table has negative or fractional offsets/sizes"
+        if bounded and float((offsets + sizes).max()) > archive_size:
+            return "it points past the end of the archive"
+        if (data[:, 0] != np.arange(len(names))).any():
+            return "its row numbers are not 0, 1, 2, ..."
+    return None
+
+
 # --------------------------------------------------------------------------- the dataset
 class ImageArchive(ConcurrentDataset):
     """Images (and labels) stored in one TAR archive, local or as one object in S3.
@@ -462,7 +502,12 @@ class ImageArchive(ConcurrentDataset):
         self._save_index(table, names, classes, members, fingerprint, options)
 
     def _try_load_index(self, fingerprint: dict, options: dict) -> str | None:
-        """Load a valid index; return None, or why it cannot be used ('missing' if absent)."""
+        """Load a valid index; return None, or why it cannot be used ('missing' if absent).
+
+        Everything read here is checked before use (types, shape, finite non-negative offsets
+        and sizes inside the archive): a damaged or hostile index file means a rebuild, never an
+        unexpected exception, an out-of-bounds read or a huge allocation.
+        """
         store = self._index_store
         try:
             meta_raw = store.get(self._meta_key)
@@ -474,30 +519,37 @@ class ImageArchive(ConcurrentDataset):
             return "it has no build record (.json), so it cannot be checked against the archive"
         try:
             meta = json.loads(meta_raw)
+            if not isinstance(meta, dict):
+                return "its build record is not a JSON object"
             if meta.get("format") != INDEX_FORMAT or meta.get("version") != INDEX_VERSION:
-                return f"unknown index format {meta.get('format')!r} version {meta.get('version')!r}"
+                return f"unknown index format {str(meta.get('format'))[:80]!r} version {str(meta.get('version'))[:20]!r}"
             built = meta["archive"]
+            if not isinstance(built, dict):
+                return "its build record has no archive fingerprint"
             for k, v in fingerprint.items():
                 if built.get(k) != v:
-                    return f"the archive changed since the index was built ({k}: {built.get(k)} -> {v})"
+                    return f"the archive changed since the index was built ({k}: {str(built.get(k))[:40]} -> {v})"
             if meta["options"] != options:
                 return ("it was built with different options (root, extensions or labels file); "
                         "give each configuration its own ipath= to keep both")
             npy = store.get(self._index_key)
             if _sha256(npy) != meta["npy_sha256"]:
                 return "the .npy file does not match its build record"
-            table = np.load(io.BytesIO(npy), allow_pickle=False)
+            try:
+                table = np.load(io.BytesIO(npy), allow_pickle=False)
+            except Exception as exc:  # numpy's header parser raises many types (TokenError, SyntaxError...)
+                return f"its .npy file is unreadable ({type(exc).__name__}: {str(exc)[:200]})"
             names, classes = meta["names"], meta["classes"]
+            members = meta["archive"].get("members", -1)
         except (FileNotFoundError, KeyError):
             return "the .npy file is missing"
-        except (ValueError, TypeError, OSError) as exc:
-            return f"it is unreadable ({exc})"
-        if table.ndim != 2 or table.shape[1] < _COLUMNS + 1 or table.shape[0] != len(names) or len(names) == 0:
-            return f"the table has an unexpected shape {table.shape}"
-        if float((table[:, 1] + table[:, 2]).max()) > fingerprint["size"] and self.compression is None:
-            return "it points past the end of the archive"
+        except (ValueError, TypeError, OSError, EOFError, RecursionError) as exc:
+            return f"it is unreadable ({type(exc).__name__}: {str(exc)[:200]})"
+        reason = _check_index(table, names, classes, members, fingerprint["size"], self.compression is None)
+        if reason is not None:
+            return reason
         self._set_index(table, names, classes)
-        self.index_members = int(meta["archive"].get("members", -1))
+        self.index_members = int(members)
         return None
 
     def _set_index(self, table: np.ndarray, names: list[str], classes: list[str]) -> None:

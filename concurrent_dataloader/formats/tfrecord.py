@@ -222,7 +222,10 @@ def decode_example(data: bytes | memoryview) -> dict[str, list]:
             name, value = None, memoryview(b"")
             for ef, ew, ev in _fields(entry):
                 if ef == 1 and ew == _LEN:
-                    name = bytes(ev).decode("utf-8")
+                    try:
+                        name = bytes(ev).decode("utf-8")
+                    except UnicodeDecodeError:
+                        raise DataFormatError(f"Example feature name {bytes(ev)[:40]!r} is not UTF-8") from None
                 elif ef == 2 and ew == _LEN:
                     value = ev
             if name is None:
@@ -328,14 +331,21 @@ class TFRecordWriter:
             self.abort()
 
 
+_CHUNK = 16 << 20
+
+
 def _read_exact(f: BinaryIO, n: int) -> bytes:
-    data = f.read(n)
-    while len(data) < n:
-        more = f.read(n - len(data))
+    """Up to ``n`` bytes (fewer at end of file). Reads in chunks, so a corrupt header that claims
+    a huge length costs what the file really holds, not an allocation of that length."""
+    parts: list[bytes] = []
+    got = 0
+    while got < n:
+        more = f.read(min(n - got, _CHUNK))
         if not more:
             break
-        data += more
-    return data
+        parts.append(more)
+        got += len(more)
+    return parts[0] if len(parts) == 1 else b"".join(parts)
 
 
 def read_tfrecords(source: str | os.PathLike | BinaryIO | bytes, verify: bool = True,

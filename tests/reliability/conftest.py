@@ -38,10 +38,13 @@ def private_tmp(tmp_path, monkeypatch):
 
 
 def pytest_terminal_summary(terminalreporter):
-    if FIGURES["epochs"] or LEAK_LOG:
+    if FIGURES["epochs"] or LEAK_LOG or FIGURES["fuzz_inputs"]:
         terminalreporter.write_sep("-", "reliability figures")
         terminalreporter.write_line(
             f"faults injected: {FIGURES['faults_injected']:.0f}, retries: {FIGURES['retries']:.0f}, "
             f"samples checked: {FIGURES['samples_checked']:.0f} over {FIGURES['epochs']:.0f} epochs, "
             f"leak checks passed: {len(LEAK_LOG)}; torch fd-probe temp files reaped after worker SIGKILL: "
             f"{FIGURES['torch_probe_files']:.0f}")
+        terminalreporter.write_line(
+            f"fuzz inputs: {FIGURES['fuzz_inputs']:.0f} (parsed {FIGURES['fuzz_parsed']:.0f}, rejected with our "
+            f"error types {FIGURES['fuzz_rejected']:.0f}; any other outcome fails the test)")

@@ -233,7 +233,7 @@ LEAK_LOG: list[dict[str, int]] = []  # every clean check, for the summary figure
 
 # Totals over the session, printed at the end of the run (the report's figures).
 FIGURES: dict[str, float] = {"faults_injected": 0, "retries": 0, "samples_checked": 0, "epochs": 0,
-                             "torch_probe_files": 0}
+                             "torch_probe_files": 0, "fuzz_inputs": 0, "fuzz_parsed": 0, "fuzz_rejected": 0}
 
 
 def record(faults: int = 0, retries: int = 0, samples: int = 0, epochs: int = 0) -> None:

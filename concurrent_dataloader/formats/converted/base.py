@@ -473,8 +473,8 @@ class Layout:
 def parse_metadata(data: bytes, where: str) -> dict[str, Any]:
     try:
         meta = json.loads(data)
-    except ValueError as exc:
-        raise DataFormatError(f"{where}: not valid JSON ({exc}); the conversion is corrupt") from None
+    except (ValueError, RecursionError) as exc:
+        raise DataFormatError(f"{where}: not valid JSON ({str(exc)[:200]}); the conversion is corrupt") from None
     if not isinstance(meta, dict):
         raise DataFormatError(f"{where}: expected a JSON object")
     required = ("num_images_per_array", "len", "len_last_array", "total_num_arrays")
@@ -484,6 +484,12 @@ def parse_metadata(data: bytes, where: str) -> dict[str, Any]:
     for k in required:
         if not isinstance(meta[k], int) or isinstance(meta[k], bool) or meta[k] < 0:
             raise DataFormatError(f"{where}: {k}={meta[k]!r} is not a non-negative integer")
+    for k, ok, what in (("format", lambda v: isinstance(v, str), "a string"),
+                        ("mode", lambda v: v is None or isinstance(v, str), "a string"),
+                        ("shape", lambda v: v is None or (isinstance(v, list) and all(
+                            isinstance(x, int) and not isinstance(x, bool) for x in v)), "a list of integers")):
+        if k in meta and not ok(meta[k]):
+            raise DataFormatError(f"{where}: {k}={str(meta[k])[:80]} is not {what}")
     layout = Layout(meta["len"], max(1, meta["num_images_per_array"]))
     if meta["num_images_per_array"] < 1 or meta["len"] < 1 or (meta["total_num_arrays"], meta["len_last_array"]) != (layout.total, layout.last):
         raise DataFormatError(
@@ -1111,7 +1117,7 @@ class ConvertedReader(ConcurrentDataset):
                 raise DataFormatError(f"{where}: a fixed-size dataset needs 'mode' and 'shape'")
             try:
                 array_shape(meta["shape"], meta["mode"])
-            except ConfigError as exc:
+            except (ConfigError, TypeError, ValueError) as exc:
                 raise DataFormatError(f"{where}: {exc}") from None
         return meta
 
@@ -1387,4 +1393,6 @@ def open_converted(dataset_path: str | os.PathLike, transform: Callable | None =
     if fmt is None:
         raise DataFormatError(f"{dataset_path}: metadata names no format (a seed conversion?); open it with the "
                               "matching reader class, e.g. MemmapReader")
+    if fmt.lower() not in FORMATS:
+        raise DataFormatError(f"{store.describe(METADATA_KEY)}: unknown format {fmt[:80]!r}; known: {sorted(FORMATS)}")
     return get_format(fmt).reader(dataset_path, transform, target_transform, store=store, **kwargs)
