@@ -162,7 +162,7 @@ def _open_image(data: bytes, where: str) -> Any:
     try:
         img = Image.open(io.BytesIO(data))
         img.load()
-    except (OSError, SyntaxError, ValueError) as exc:
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
         raise DataFormatError(f"{where}: not a readable image ({exc})") from exc
     return img
 

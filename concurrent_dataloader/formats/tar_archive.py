@@ -50,6 +50,13 @@ _COLUMNS = 3  # index, offset, size; labels follow
 _ARCHIVE_SUFFIXES = (".tar.gz", ".tar.bz2", ".tar.xz", ".tar.zst", ".tgz", ".tbz2", ".txz", ".tar")
 
 
+try:  # PIL's refusal of an image over MAX_IMAGE_PIXELS (kept at PIL's default, never disabled)
+    from PIL.Image import DecompressionBombError as _DecompressionBomb
+except ImportError:  # pragma: no cover
+    class _DecompressionBomb(Exception):  # type: ignore[no-redef]
+        pass
+
+
 def default_loader(f: BinaryIO) -> Any:
     """PIL open of a file object, converted to RGB (as torchvision's loader does), so that
     grayscale/CMYK images batch with the rest. Pass ``loader=`` to keep the original mode."""
@@ -739,7 +746,7 @@ class ImageArchive(ConcurrentDataset):
     def decode(self, index: int, raw: bytes) -> tuple[Any, Any]:
         try:
             img = self.loader(io.BytesIO(raw))
-        except (OSError, SyntaxError, ValueError) as exc:  # PIL: UnidentifiedImageError is an OSError
+        except (OSError, SyntaxError, ValueError, _DecompressionBomb) as exc:  # UnidentifiedImageError: OSError
             raise DataFormatError(f"{self.archive_name}: member {self.names[index]!r} is not a readable image "
                                   f"({type(exc).__name__}: {exc})") from exc
         labels = self.labels(index)
