@@ -165,12 +165,17 @@ class RetryPolicy:
         Backoff before retry ``n`` (1-based) is drawn uniformly from
         ``[0, min(max_delay, base_delay * multiplier ** (n - 1))]`` ("full jitter"), so many
         workers throttled at once do not retry in lockstep.
+    max_elapsed
+        Seconds since the first attempt after which no new attempt starts (``None``: only
+        ``max_attempts`` bounds it). Each attempt is itself bounded by the store's connect and
+        read timeouts, so the worst case is about ``max_elapsed`` plus one attempt.
     """
 
     max_attempts: int = 5
     base_delay: float = 0.1
     max_delay: float = 5.0
     multiplier: float = 2.0
+    max_elapsed: float | None = None
     classify: Callable[[BaseException], str | None] = field(default=classify_error, compare=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -178,6 +183,8 @@ class RetryPolicy:
 
         if isinstance(self.max_attempts, bool) or not isinstance(self.max_attempts, int) or self.max_attempts < 1:
             raise ConfigError(f"RetryPolicy.max_attempts must be an int >= 1, got {self.max_attempts!r}")
+        if self.max_elapsed is not None and not self.max_elapsed > 0:
+            raise ConfigError(f"RetryPolicy.max_elapsed must be None or > 0, got {self.max_elapsed!r}")
         if self.base_delay < 0 or self.max_delay < 0 or self.multiplier < 1:
             raise ConfigError("RetryPolicy delays must be >= 0 and multiplier >= 1, got "
                               f"base_delay={self.base_delay}, max_delay={self.max_delay}, multiplier={self.multiplier}")
@@ -186,17 +193,20 @@ class RetryPolicy:
         cap = min(self.max_delay, self.base_delay * self.multiplier ** max(0, retry_number - 1))
         return _rng().uniform(0.0, cap)
 
-    def _should_retry(self, exc: BaseException, attempt: int, counters: RetryCounters | None) -> bool:
+    def _should_retry(self, exc: BaseException, attempt: int, counters: RetryCounters | None,
+                      started: float, delay: float) -> bool:
         cause = self.classify(exc)
         if cause is None:
             return False
         if counters is not None:
             counters.add(_CAUSE_FIELD[cause])
-        if attempt >= self.max_attempts:
+        elapsed = time.monotonic() - started
+        out_of_time = self.max_elapsed is not None and elapsed + delay >= self.max_elapsed
+        if attempt >= self.max_attempts or out_of_time:
             if counters is not None:
                 counters.add("gave_up")
-            exc.add_note(f"gave up after {attempt} attempt(s) ({cause} errors); "
-                         f"RetryPolicy(max_attempts={self.max_attempts})")
+            exc.add_note(f"gave up after {attempt} attempt(s) in {elapsed:.1f} s ({cause} errors); "
+                         f"RetryPolicy(max_attempts={self.max_attempts}, max_elapsed={self.max_elapsed})")
             return False
         if counters is not None:
             counters.add("retries")
@@ -205,27 +215,31 @@ class RetryPolicy:
     def call(self, fn: Callable[[], T], counters: RetryCounters | None = None) -> T:
         """Run ``fn()`` until it succeeds, fails permanently, or attempts run out."""
         attempt = 0
+        started = time.monotonic()
         while True:
             attempt += 1
             if counters is not None:
                 counters.add("attempts")
+            delay = self.backoff(attempt)
             try:
                 return fn()
             except Exception as exc:
-                if not self._should_retry(exc, attempt, counters):
+                if not self._should_retry(exc, attempt, counters, started, delay):
                     raise
-            time.sleep(self.backoff(attempt))
+            time.sleep(delay)
 
     async def acall(self, fn: Callable[[], Awaitable[T]], counters: RetryCounters | None = None) -> T:
         """The coroutine version of :meth:`call`: ``fn()`` returns a fresh awaitable per attempt."""
         attempt = 0
+        started = time.monotonic()
         while True:
             attempt += 1
             if counters is not None:
                 counters.add("attempts")
+            delay = self.backoff(attempt)
             try:
                 return await fn()
             except Exception as exc:
-                if not self._should_retry(exc, attempt, counters):
+                if not self._should_retry(exc, attempt, counters, started, delay):
                     raise
-            await asyncio.sleep(self.backoff(attempt))
+            await asyncio.sleep(delay)

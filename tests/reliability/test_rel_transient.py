@@ -104,3 +104,29 @@ def test_persistent_damage_gives_up_naming_key_and_index(fault_srv, injector, st
     assert f"s3://bkt/{objs.keys[6]}" in text and "dataset index 6" in text
     assert "gave up after 5 attempt(s)" in text
     assert injector.counts()["by_key"][objs.keys[6]] == 5  # RetryPolicy(max_attempts=5): bounded
+
+
+@pytest.mark.parametrize("store", STORES)
+def test_retries_are_bounded_in_time(fault_srv, injector, store):
+    """A key that is throttled forever: with ``max_elapsed`` the store gives up on time, not after
+    100 attempts, and says why; the attempts are counted."""
+    import time
+
+    from concurrent_dataloader.storage.retry import RetryPolicy, classify_error
+    from rel_helpers import make_store, sha
+
+    objs = put_images(fault_srv, "bkt", 2)
+    injector.on_key(objs.keys[1], "slowdown")
+    s = make_store(store, fault_srv.endpoint_url, "bkt",
+                   retry=RetryPolicy(max_attempts=100, base_delay=0.05, max_delay=0.05, max_elapsed=0.6))
+    start = time.monotonic()
+    with pytest.raises(Exception) as info:
+        s.get(objs.keys[1])
+    elapsed = time.monotonic() - start
+    counters = s.retry_counters.snapshot()
+    assert classify_error(info.value) == "throttle"
+    assert 0.3 < elapsed < 3.0
+    assert 2 < counters["attempts"] < 100 and counters["gave_up"] == 1 and counters["throttled"] == counters["attempts"]
+    assert "max_elapsed=0.6" in "".join(info.value.__notes__)
+    assert sha(s.get(objs.keys[0])) == objs.checksums[objs.keys[0]]  # other keys are unaffected
+    s.close()

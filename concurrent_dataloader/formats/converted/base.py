@@ -1128,8 +1128,8 @@ class ConvertedReader(ConcurrentDataset):
             return {}  # the seed writes it only when the input had classes
         try:
             mapping = json.loads(data)
-        except ValueError as exc:
-            raise DataFormatError(f"{self.store.describe(CLASSES_KEY)}: not valid JSON ({exc})") from None
+        except (ValueError, RecursionError) as exc:
+            raise DataFormatError(f"{self.store.describe(CLASSES_KEY)}: not valid JSON ({str(exc)[:200]})") from None
         return mapping if isinstance(mapping, dict) else {}
 
     def _setup(self) -> None:

@@ -107,8 +107,10 @@ class TarReader(ConvertedReader):
             try:
                 index = json.loads(raw_index)
                 offsets, sizes = [int(v) for v in index["offsets"]], [int(v) for v in index["sizes"]]
-            except (ValueError, TypeError, KeyError) as exc:
-                raise DataFormatError(f"{self.store.describe(index_key(n))}: corrupt tar index ({exc!r})") from None
+                if any(v < 0 for v in offsets + sizes):
+                    raise ValueError("negative offset or size")
+            except (ValueError, TypeError, KeyError, OverflowError, RecursionError) as exc:
+                raise DataFormatError(f"{self.store.describe(index_key(n))}: corrupt tar index ({exc!r:.200})") from None
         if len(offsets) != count or len(sizes) != count:
             raise DataFormatError(f"{where}: {len(offsets)} image members, metadata says {count}")
         end = max((o + s for o, s in zip(offsets, sizes)), default=0)
@@ -133,8 +135,8 @@ class TarReader(ConvertedReader):
         where = self.store.describe(key)
         try:
             labels = json.loads(self.read_all(key))
-        except ValueError as exc:
-            raise DataFormatError(f"{where}: not valid JSON ({exc})") from None
+        except (ValueError, RecursionError) as exc:
+            raise DataFormatError(f"{where}: not valid JSON ({str(exc)[:200]})") from None
         if not isinstance(labels, list) or len(labels) != self.file_len(n) or \
                 not all(isinstance(v, int) and not isinstance(v, bool) for v in labels):
             raise DataFormatError(f"{where}: expected a list of {self.file_len(n)} integer labels")
