@@ -223,7 +223,11 @@ class ConcurrentMultiProcessingIter(_TimedNext, _tud_dataloader._MultiProcessing
             # now rather than when this iterator is garbage-collected: the raised exception keeps
             # it alive, and until then its children, sockets and shared memory stay, and torch's
             # SIGCHLD handler can raise "worker killed" again anywhere in the main thread.
-            dead = _dead_workers(self._workers, wait=5.0 if isinstance(exc, (OSError, EOFError)) else 0.0)
+            # A sample's own error comes back wrapped by torch ("Caught X in DataLoader worker
+            # process N"): the worker is alive, so do not wait for it to die.
+            from_worker = "in DataLoader worker process" in str(exc)
+            pipe_error = isinstance(exc, (OSError, EOFError)) and not from_worker
+            dead = _dead_workers(self._workers, wait=5.0 if pipe_error else 0.0)
             timed_out = isinstance(exc, RuntimeError) and "DataLoader timed out" in str(exc)
             if exc.__traceback__ is not None:
                 # NOTE (shutdown): torch re-raises a worker's error from a frame that holds it

@@ -101,3 +101,16 @@ def test_close_is_idempotent_and_loader_reusable():
     dl.close()
     assert len(list(dl)) == 2
     dl.close()
+
+
+@pytest.mark.parametrize("fetch_impl", IMPLS)
+def test_sample_oserror_is_not_mistaken_for_a_dead_worker(fetch_impl):
+    # A FileNotFoundError from one sample must not stop the workers: as in torch, the epoch can go on.
+    with DataLoader(FailingDataset(n=20, bad=5), batch_size=4, num_workers=2, fetch_impl=fetch_impl) as dl:
+        it = iter(dl)
+        assert next(it).tolist() == [0, 1, 2, 3]
+        start = time.monotonic()
+        with pytest.raises(FileNotFoundError):
+            next(it)
+        assert time.monotonic() - start < 3  # no wait for a worker death that is not coming
+        assert next(it).tolist() == [8, 9, 10, 11]
