@@ -146,10 +146,12 @@ class FaultInjector(RequestHook):
             self._by_key.clear()
 
     def counts(self) -> dict:
-        """``{"requests", "injected", "by_kind", "by_key"}`` since creation or :meth:`reset_counts`."""
+        """``{"requests", "injected", "by_kind", "by_key", "requests_by_key"}``: object requests seen,
+        faults injected (in total, per kind, per key) and requests per key (all time)."""
         with self._lock:
             return {"requests": self._requests, "injected": sum(self._injected.values()),
-                    "by_kind": dict(self._injected), "by_key": dict(self._injected_keys)}
+                    "by_kind": dict(self._injected), "by_key": dict(self._injected_keys),
+                    "requests_by_key": {k.split("/", 1)[1]: n for k, n in self._seen_per_key.items()}}
 
     def reset_counts(self) -> None:
         with self._lock:

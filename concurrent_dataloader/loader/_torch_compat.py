@@ -273,10 +273,19 @@ def _describe_exit(workers: list) -> str:
 
 
 def iterator_is_shut_down(loader: tud.DataLoader) -> bool:
-    """True when the loader's persistent iterator has stopped its workers (a worker died, a
-    timeout); the next ``iter(loader)`` must start fresh workers instead of resuming it."""
+    """True when the loader's persistent iterator cannot go on: it stopped its workers (a worker
+    died, a timeout) or one of them has exited (torch's SIGCHLD handler may have raised the
+    error outside ``next()``). Then the next ``iter(loader)`` must start fresh workers: resuming
+    would wait for an answer from a dead worker. Such an iterator is stopped here."""
     iterator = loader.__dict__.get("_iterator")
-    return iterator is not None and bool(getattr(iterator, "_shutdown", False))
+    if iterator is None:
+        return False
+    if getattr(iterator, "_shutdown", False):
+        return True
+    if any(w.exitcode is not None for w in getattr(iterator, "_workers", ())):
+        iterator._shutdown_workers()
+        return True
+    return False
 
 
 def shutdown_iterator(iterator: Any) -> None:

@@ -48,3 +48,8 @@ def pytest_terminal_summary(terminalreporter):
         terminalreporter.write_line(
             f"fuzz inputs: {FIGURES['fuzz_inputs']:.0f} (parsed {FIGURES['fuzz_parsed']:.0f}, rejected with our "
             f"error types {FIGURES['fuzz_rejected']:.0f}; any other outcome fails the test)")
+        for impl in ("threaded", "asyncio"):
+            if f"soak_rss_start_{impl}" in FIGURES:
+                terminalreporter.write_line(
+                    f"soak ({impl}): RSS of main + workers {FIGURES[f'soak_rss_start_{impl}']:.1f} MiB after warm-up, "
+                    f"{FIGURES[f'soak_rss_end_{impl}']:.1f} MiB at the end")

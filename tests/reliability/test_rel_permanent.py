@@ -55,7 +55,7 @@ def test_permanent_failure_raises_naming_key_and_index(fault_srv, injector, stor
 
 @pytest.mark.parametrize("fetch_impl", IMPLS)
 @pytest.mark.parametrize("store", STORES)
-def test_oversized_object_is_refused_naming_key(fault_srv, store, fetch_impl):
+def test_oversized_object_is_refused_naming_key(fault_srv, injector, store, fetch_impl):
     objs = put_images(fault_srv, "bkt", 8)
     big_key = objs.keys[5]
     fault_srv.put_object("bkt", big_key, b"\0" * 300_000)
@@ -66,7 +66,7 @@ def test_oversized_object_is_refused_naming_key(fault_srv, store, fetch_impl):
     text = _text(info.value)
     assert f"s3://bkt/{big_key}" in text and "300000 bytes" in text and "max_object_bytes=100000" in text
     assert "dataset index 5" in text
-    assert loader.stats()["retries"] == 0  # refused, not retried
+    assert injector.counts()["requests_by_key"][big_key] == 1  # refused at once, not retried
 
 
 def test_oversized_local_file_is_refused(tmp_path):

@@ -14,7 +14,7 @@ from concurrent_dataloader import DataLoader
 from rel_helpers import FIGURES, checksum_dataset, put_images, record
 
 N = 240
-EPOCHS = 40
+EPOCHS = 100
 MIX = {"slowdown": 1, "internal_error": 1, "reset": 1, "truncate": 1}
 
 
