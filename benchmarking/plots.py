@@ -144,7 +144,7 @@ def plot_throughput_by_format(rows: list[dict[str, Any]], path: Path, title: str
     from .harness import FORMATS, LOADERS
 
     plt = _plt()
-    fig, axes = plt.subplots(len(panels), 1, figsize=(8.0, 2.6 * len(panels)), squeeze=False)
+    fig, axes = plt.subplots(len(panels), 1, figsize=(9.0, 2.6 * len(panels)), squeeze=False)
     for ax, key in zip(axes[:, 0], panels):
         groups = [f for f in FORMATS if f in best[key]]
         loaders = [lo for lo in LOADERS if any(lo in best[key][f] for f in groups)]
@@ -153,7 +153,7 @@ def plot_throughput_by_format(rows: list[dict[str, Any]], path: Path, title: str
             xs = [i + (j - (len(loaders) - 1) / 2) * width for i in range(len(groups))]
             ys = [best[key][f].get(lo, 0.0) for f in groups]
             ax.bar(xs, ys, width, color=_STYLE.get(lo, (None, "o"))[0], label=lo)
-        ax.set_xticks(range(len(groups)), groups)
+        ax.set_xticks(range(len(groups)), groups, fontsize=8)
         ax.set_ylabel("images / s")
         ax.grid(axis="y", alpha=0.3)
         where = "local disk" if key[0] == "scratch" else f"S3, {key[1]:g} ms latency"
