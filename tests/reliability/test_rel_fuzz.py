@@ -457,6 +457,17 @@ def test_fuzz_converted_metadata(converted, data, which):
     check_converted_file(converted, fmt, rel, raw)
 
 
+@given(data=st.data())
+@FAST
+def test_fuzz_converted_npy_header(converted, data):
+    """Our readers also accept real NPY files (not only the seed's raw arrays): fuzz that header
+    parser with mutations of a valid NPY labels file."""
+    raw_labels = np.frombuffer((converted / "mm" / "labels" / "labels_0.npy").read_bytes(), dtype="<i8")
+    buf = io.BytesIO()
+    np.save(buf, raw_labels, allow_pickle=False)
+    check_converted_file(converted, "mm", "labels/labels_0.npy", data.draw(mutated(buf.getvalue(), max_ops=4)))
+
+
 def _json_field_swap(valid: bytes):
     try:
         obj = json.loads(valid)
