@@ -73,3 +73,38 @@ def test_getitems_wrapper_with_stock_torch_loader(fetch_impl):
     rows = torch.cat(list(torch.utils.data.DataLoader(wrapped, batch_size=8, num_workers=2)))
     assert rows[:, 0].tolist() == list(range(32))
     assert int(rows[:, 1].max()) >= 8
+
+
+class SlowDecode(SleepyFetchDecode):
+    """Fetch sleeps (I/O); decode busy-waits (CPU): records both overlaps."""
+
+    def decode(self, i, raw):
+        import os
+        import threading
+        import time
+
+        c = self._c()
+        with c.lock:
+            c.decoding = getattr(c, "decoding", 0) + 1
+            c.peak_decoding = max(getattr(c, "peak_decoding", 0), c.decoding)
+        end = time.perf_counter() + 0.005
+        while time.perf_counter() < end:
+            pass
+        with c.lock:
+            c.decoding -= 1
+        return torch.tensor([i, c.peak, c.peak_decoding, os.getpid()])
+
+
+@pytest.mark.parametrize("fetch_impl", ["threaded", "asyncio"])
+@pytest.mark.parametrize("num_workers", [0, 2])
+def test_decodes_are_gated_but_fetches_are_not(fetch_impl, num_workers):
+    import os
+
+    rows = torch.cat(list(DataLoader(SlowDecode(n=64, batch_size=8, delay=0.05), batch_size=8,
+                                     num_workers=num_workers, num_fetch_workers=16, batch_pool=2,
+                                     fetch_impl=fetch_impl)))
+    assert rows[:, 0].tolist() == list(range(64))
+    cores = os.cpu_count() or 1
+    allowed = max(1, min(4, cores // max(1, num_workers)))
+    assert int(rows[:, 2].max()) <= allowed
+    assert int(rows[:, 1].max()) >= 8  # fetches still overlap
