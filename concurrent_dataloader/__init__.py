@@ -5,6 +5,7 @@
 
 from .datasets import S3ImageDataset, ScratchImageDataset, get_dataset
 from . import telemetry
+from .skip import SkipErrors, skip_collate
 from .errors import ConcurrentDataLoaderError, ConfigError, DataFormatError, SampleLoadError
 from .loader import (
     ConcurrentDataset,
@@ -33,4 +34,6 @@ __all__ = [
     "SampleLoadError",
     "__version__",
     "telemetry",
+    "SkipErrors",
+    "skip_collate",
 ]

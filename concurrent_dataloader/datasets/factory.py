@@ -72,7 +72,8 @@ def get_dataset(dataset: str, dataset_type: str = "train", limit: int | None = N
                 aws_access_key_id: str | None = None, aws_secret_access_key: str | None = None,
                 max_pool_connections: int = DEFAULT_MAX_POOL_CONNECTIONS, retry: RetryPolicy | None = None,
                 cache_dir: str | os.PathLike | None = None, cache_max_bytes: int = DEFAULT_CACHE_MAX_BYTES,
-                decoder: str = "pil", validate: bool = True, s3_client: str = "botocore") -> ImageDataset:
+                decoder: str = "pil", validate: bool = True, s3_client: str = "botocore",
+                max_object_bytes: int | None = None, verify_etag: bool = False) -> ImageDataset:
     """Build the seed's image dataset from its index, classes and credential files.
 
     dataset
@@ -96,6 +97,8 @@ def get_dataset(dataset: str, dataset_type: str = "train", limit: int | None = N
 
     S3 options (``endpoint_url``, ``region_name``, ``addressing_style``, ``max_pool_connections``,
     ``retry``) point the dataset at MinIO/Ceph/moto; arguments win over the credential file.
+    ``max_object_bytes`` refuses larger objects (before reading them); ``verify_etag`` checks each
+    whole-object body against its MD5 ETag (off by default: SSE-KMS ETags are not MD5s).
     ``s3_client``: ``"botocore"`` (boto3/aiobotocore) or ``"lean"`` (our SigV4 client, ~10x less
     CPU per GET; path-style addressing and static keys only), see :class:`S3ImageDataset`.
     With ``validate=True`` a bad bucket or wrong credentials fail here (one HeadBucket request)
@@ -120,7 +123,9 @@ def get_dataset(dataset: str, dataset_type: str = "train", limit: int | None = N
             s3_options["retry"] = retry
         for name, value in (("endpoint_url", endpoint_url or creds.endpoint_url),
                             ("region_name", region_name or creds.region_name),
-                            ("addressing_style", addressing_style)):
+                            ("addressing_style", addressing_style),
+                            ("max_object_bytes", max_object_bytes),
+                            ("verify_etag", verify_etag or None)):
             if value is not None:
                 s3_options[name] = value
 

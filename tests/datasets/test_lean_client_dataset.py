@@ -37,3 +37,13 @@ def test_lean_client_checks_the_bucket(image_folder, s3_options):
 def test_unknown_client_is_rejected(image_folder, s3_bucket, s3_options):
     with pytest.raises(ValueError, match="s3_client"):
         _build(image_folder, s3_bucket, s3_options, "curl")
+
+
+@pytest.mark.parametrize("client", ["botocore", "lean"])
+def test_max_object_bytes_reaches_the_store(image_folder, s3_client, s3_bucket, s3_options, client):
+    upload_folder(s3_client, s3_bucket, image_folder["base"], image_folder["files"])
+    ds = get_dataset("s3", "train", index_file=image_folder["index_file"], classes_file=image_folder["classes_file"],
+                     bucket=s3_bucket, s3_client=client, max_object_bytes=64, verify_etag=True, **s3_options)
+    with pytest.raises(OSError) as info:
+        ds[0]
+    assert "64" in str(info.value) and image_folder["index"][0] in str(info.value)
