@@ -36,7 +36,7 @@ from typing import Any, Callable, Sequence
 
 from . import telemetry
 from .errors import ConfigError, DataFormatError, SampleLoadError
-from .loader.protocol import ConcurrentDataset, describe_index
+from .loader.protocol import DatasetWrapper, describe_index
 
 __all__ = ["SkipErrors", "SkippedSample", "skip_collate", "DEFAULT_SKIP_ERRORS"]
 
@@ -70,7 +70,7 @@ def _remove(path: str) -> None:
         pass
 
 
-class SkipErrors(ConcurrentDataset):
+class SkipErrors(DatasetWrapper):
     """Wraps a dataset (ours or any map-style one) so that permanently failing samples become
     :class:`SkippedSample` markers, each reported; see the module docstring.
 
@@ -181,16 +181,6 @@ class SkipErrors(ConcurrentDataset):
             return []
 
     # -- resources ----------------------------------------------------------------------------------
-    def close_fetch_resources(self) -> None:
-        close = getattr(self.dataset, "close_fetch_resources", None)
-        if callable(close):
-            close()
-
-    async def aclose_fetch_resources(self) -> None:
-        aclose = getattr(self.dataset, "aclose_fetch_resources", None)
-        if callable(aclose):
-            await aclose()
-
     def close(self) -> None:
         """Close the wrapped dataset and remove the private report file (if this object made one)."""
         close = getattr(self.dataset, "close", None)

@@ -29,7 +29,7 @@ from typing import Any, Protocol, runtime_checkable
 
 from torch.utils.data import Dataset
 
-__all__ = ["ConcurrentDataset", "SupportsFetchDecode", "is_fetch_decode", "describe_index"]
+__all__ = ["ConcurrentDataset", "DatasetWrapper", "SupportsFetchDecode", "is_fetch_decode", "describe_index"]
 
 
 @runtime_checkable
@@ -61,6 +61,23 @@ class ConcurrentDataset(Dataset):
 
     def __getitem__(self, index: int) -> Any:
         return self.decode(index, self.fetch_raw(index))
+
+
+class DatasetWrapper(ConcurrentDataset):
+    """Base for a dataset that wraps ``self.dataset``: a fetcher shutting down the wrapper must
+    release the wrapped dataset's per-process clients too."""
+
+    dataset: Any
+
+    def close_fetch_resources(self) -> None:
+        close = getattr(self.dataset, "close_fetch_resources", None)
+        if callable(close):
+            close()
+
+    async def aclose_fetch_resources(self) -> None:
+        aclose = getattr(self.dataset, "aclose_fetch_resources", None)
+        if callable(aclose):
+            await aclose()
 
 
 def is_fetch_decode(dataset: object) -> bool:

@@ -32,7 +32,7 @@ from typing import Any, Callable, ClassVar, Iterable, Sequence
 import numpy as np
 
 from ...errors import ConfigError, DataFormatError
-from ...loader.protocol import ConcurrentDataset, describe_index, is_fetch_decode
+from ...loader.protocol import ConcurrentDataset, DatasetWrapper, describe_index, is_fetch_decode
 from ...storage.base import ByteStore, open_store
 from ...storage.local import LocalStore
 from ._dist import DistContext, resolve_dist, split_files
@@ -377,7 +377,7 @@ class FolderSource(ConcurrentDataset):
         return h.hexdigest()
 
 
-class DatasetSource(ConcurrentDataset):
+class DatasetSource(DatasetWrapper):
     """Any map-style dataset yielding ``(image, label)``; the encoders check/convert each sample.
 
     A dataset that implements the fetch/decode protocol keeps its concurrent fetch step.
@@ -414,16 +414,6 @@ class DatasetSource(ConcurrentDataset):
 
     def describe(self, index: int) -> str:
         return self.where(index)
-
-    def close_fetch_resources(self) -> None:
-        close = getattr(self.dataset, "close_fetch_resources", None)
-        if callable(close):
-            close()
-
-    async def aclose_fetch_resources(self) -> None:
-        aclose = getattr(self.dataset, "aclose_fetch_resources", None)
-        if callable(aclose):
-            await aclose()
 
     def fingerprint(self) -> str:
         ds = self.dataset
