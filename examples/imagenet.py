@@ -32,6 +32,7 @@ import shutil
 import sys
 import tempfile
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -94,6 +95,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--resume", default="", help="checkpoint to resume from")
     train.add_argument("-e", "--evaluate", action="store_true", help="only validate")
     train.add_argument("--checkpoint-dir", default=".", help="where checkpoint.pth.tar / model_best.pth.tar go")
+    train.add_argument("--tensorboard", default=None, metavar="DIR",
+                       help="also record the loader's per-epoch telemetry with TensorBoard (needs tensorboard)")
     train.add_argument("--no-checkpoint", action="store_true", help="do not write checkpoints")
     train.add_argument("--seed", type=int, default=None, help="seed Python, NumPy and torch (and the sampler)")
     train.add_argument("--device", default=None, help="cpu / cuda / cuda:N (default: cuda if available)")
@@ -226,6 +229,21 @@ def run_epoch(loader: Any, model: nn.Module, criterion: nn.Module, optimizer: An
               f"loss {stats['loss']:.4f}, acc@1 {stats['acc1']:.2f}, acc@5 {stats['acc5']:.2f}; "
               f"waiting for data {stats['data_s'] / world:.1f} s, computing {stats['compute_s'] / world:.1f} s "
               f"per process ({_verdict(stats['data_s'], stats['compute_s'])})", flush=True)
+    loader_stats = getattr(loader, "stats", None)
+    if callable(loader_stats):  # our DataLoader: telemetry across its workers (this process)
+        ls = loader_stats()
+        stats["loader"] = ls
+        if rank == 0:
+            p = {q: ls.get(f"fetch_latency_{q}_ms") for q in ("p50", "p95", "p99")}
+            lat = "/".join("-" if v is None else f"{v:.0f}" for v in p.values())
+            print(f"{what} epoch {epoch} loader: {ls['samples_per_s']:.0f} samples/s, "
+                  f"{ls['bytes_per_s'] / 1e6:.1f} MB/s, {ls['requests']} requests, {ls['retries']} retries, "
+                  f"{ls['hedges']} hedges, fetch latency p50/p95/p99 {lat} ms, "
+                  f"data wait {ls['data_wait_fraction']:.0%}", flush=True)
+            if args.tb_writer is not None:
+                from concurrent_dataloader.telemetry import write_to_tensorboard
+
+                write_to_tensorboard(args.tb_writer, ls, epoch, prefix=f"loader/{what}/")
     return stats
 
 
@@ -276,6 +294,14 @@ def setup_distributed(args: argparse.Namespace) -> tuple[int, int, torch.device]
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = build_parser().parse_args(argv)
+    args.tb_writer = None
+    if args.tensorboard:
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError:
+            warnings.warn("--tensorboard needs the tensorboard package; telemetry is printed only", stacklevel=1)
+        else:
+            args.tb_writer = SummaryWriter(args.tensorboard)
     if args.index_file is None:
         args.index_file = f"index-{args.dataset}-train.json"
     args.val_index_file = _default(args.val_index_file, f"index-{args.dataset}-val.json", must_exist=True)

@@ -82,6 +82,9 @@ def test_trains_on_scratch(example, tiny_dir, tmp_path, loader, impl, capsys):
     assert torch.utils.data._utils.worker._worker_loop is before  # monkeypatch undone
     out = capsys.readouterr().out
     assert "img/s" in out and "waiting for data" in out and "acc@5" in out
+    if loader == "ours":  # our loader's telemetry is printed each epoch
+        assert "fetch latency p50/p95/p99" in out
+        assert result["history"][0]["train"]["loader"]["samples"] > 0
     assert (tmp_path / "checkpoint.pth.tar").is_file() and (tmp_path / "model_best.pth.tar").is_file()
 
 
