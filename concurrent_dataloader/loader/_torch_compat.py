@@ -288,6 +288,10 @@ def iterator_is_shut_down(loader: tud.DataLoader) -> bool:
     return False
 
 
+def is_persistent(iterator: Any) -> bool:
+    return bool(getattr(iterator, "_persistent_workers", False))
+
+
 def shutdown_iterator(iterator: Any) -> None:
     """Stop a multi-process iterator's workers now (idempotent)."""
     iterator._shutdown_workers()

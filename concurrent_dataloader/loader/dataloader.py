@@ -18,6 +18,12 @@ from .worker import _worker_loop
 __all__ = ["DataLoader"]
 
 
+def _stop_persistent_workers(iterators: weakref.WeakSet) -> None:
+    for iterator in list(iterators):
+        if _torch_compat.is_persistent(iterator):
+            _torch_compat.shutdown_iterator(iterator)
+
+
 class DataLoader(torch.utils.data.DataLoader):
     """A drop-in ``torch.utils.data.DataLoader`` whose workers fetch many samples at once.
 
@@ -48,6 +54,10 @@ class DataLoader(torch.utils.data.DataLoader):
         # Multi-process iterators still alive, so close() can stop their workers at once
         # (otherwise they stop when the iterator is garbage-collected, as in torch).
         self._live_iterators: weakref.WeakSet = weakref.WeakSet()
+        # NOTE (shutdown): persistent workers belong to the loader; stop them when it is collected
+        # even if a stray reference keeps the iterator object alive. (Not a non-persistent
+        # iterator: ``for x in DataLoader(...)`` drops the loader while its iterator runs.)
+        weakref.finalize(self, _stop_persistent_workers, self._live_iterators)
         # Mid-epoch resume: the sampler wrapper and iterator of the current epoch, and a state
         # waiting to be replayed by the next iterator.
         self._resume_track: tuple[weakref.ref, ResumableIndexSampler] | None = None

@@ -66,17 +66,21 @@ class _PerProcessCounter:
     def __len__(self) -> int:
         return self.n
 
-
-class SleepyDataset(_PerProcessCounter, Dataset):
-    """A plain dataset (no fetch/decode protocol) whose __getitem__ sleeps; reports overlap peaks."""
-
-    def __getitem__(self, i: int):
+    def _sleep_counted(self, i: int) -> OverlapCounter:
         c = self._c()
         c.enter(i)
         try:
             time.sleep(self.delay)
         finally:
             c.leave(i)
+        return c
+
+
+class SleepyDataset(_PerProcessCounter, Dataset):
+    """A plain dataset (no fetch/decode protocol) whose __getitem__ sleeps; reports overlap peaks."""
+
+    def __getitem__(self, i: int):
+        c = self._sleep_counted(i)
         return torch.tensor([i, c.peak, c.peak_batches, os.getpid()])
 
 
@@ -84,12 +88,7 @@ class SleepyFetchDecode(_PerProcessCounter, ConcurrentDataset):
     """Protocol dataset: fetch sleeps (sync) or awaits (async); decode records its thread."""
 
     def fetch_raw(self, i: int):
-        c = self._c()
-        c.enter(i)
-        try:
-            time.sleep(self.delay)
-        finally:
-            c.leave(i)
+        self._sleep_counted(i)
         return (i, "sync")
 
     async def fetch_raw_async(self, i: int):
