@@ -108,3 +108,36 @@ def test_decodes_are_gated_but_fetches_are_not(fetch_impl, num_workers):
     allowed = max(1, min(4, cores // max(1, num_workers)))
     assert int(rows[:, 2].max()) <= allowed
     assert int(rows[:, 1].max()) >= 8  # fetches still overlap
+
+
+class InstantFetchBusyDecode(SleepyFetchDecode):
+    """Fetch costs nothing (or sleeps ``delay``); decode burns ~2 ms of CPU; records the decoding thread."""
+
+    def fetch_raw(self, i):
+        if self.delay:
+            self._sleep_counted(i)
+        return (i, "sync")
+
+    def decode(self, i, raw):
+        import threading
+        import time
+
+        end = time.perf_counter() + 0.002
+        while time.perf_counter() < end:
+            pass
+        return torch.tensor([i, int(threading.current_thread() is threading.main_thread())])
+
+
+@pytest.mark.parametrize("delay", [0.0, 0.02])
+def test_inline_loading_only_when_fetch_is_negligible(delay):
+    import os
+
+    rows = torch.cat(list(DataLoader(InstantFetchBusyDecode(n=256, batch_size=16, delay=delay), batch_size=16,
+                                     num_workers=2, num_fetch_workers=8, batch_pool=2, fetch_impl="threaded")))
+    assert rows[:, 0].tolist() == list(range(256))
+    inline = int(rows[:, 1].sum())
+    one_core_each = (os.cpu_count() or 1) // 2 == 1
+    if delay == 0.0 and one_core_each:
+        assert inline >= 128  # after the first samples, batches load in the worker's own thread
+    else:
+        assert inline == 0  # a real fetch latency (or spare cores) keeps the fetch threads
