@@ -623,11 +623,15 @@ class LeanS3Client:
                 conn.close()
                 raise
             self._sync_release(conn, parser.keep_alive)
-            if parser.status >= 300:
-                raise self._error(parser, bucket, key)
-            if get:
-                self._verify(parser, bucket, key)
-            return parser
+            return self._checked(parser, bucket, key, get)
+
+    def _checked(self, parser: "_ResponseParser", bucket: str, key: str | None, get: bool) -> "_ResponseParser":
+        """Shared tail of the sync and async request paths: error statuses raise, GETs are verified."""
+        if parser.status >= 300:
+            raise self._error(parser, bucket, key)
+        if get:
+            self._verify(parser, bucket, key)
+        return parser
 
     def _too_large(self, bucket: str, key: str | None, size: int) -> Exception:
         from ..errors import ObjectTooLargeError
@@ -734,11 +738,7 @@ class LeanS3Client:
                 conn.close()
                 raise
             self._async_release(conn, parser.keep_alive)
-            if parser.status >= 300:
-                raise self._error(parser, bucket, key)
-            if get:
-                self._verify(parser, bucket, key)
-            return parser
+            return self._checked(parser, bucket, key, get)
 
     async def arequest(self, method: str, bucket: str, key: str | None = None, *,
                        query: dict[str, str] | None = None, headers: dict[str, str] | None = None,

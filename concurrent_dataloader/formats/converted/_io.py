@@ -49,7 +49,35 @@ def is_temp_name(name: str) -> bool:
     return name.startswith(".") and TEMP_MARKER in name
 
 
-class RangedFile(io.RawIOBase):
+class _SeekableReader(io.RawIOBase):
+    """Read-only, seekable raw file over ``self._size`` bytes; subclasses implement ``readinto``."""
+
+    _pos = 0
+    _size = 0
+
+    def _where(self) -> str:
+        return type(self).__name__
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self._pos
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        if whence not in (io.SEEK_SET, io.SEEK_CUR, io.SEEK_END):
+            raise ValueError(f"bad whence {whence}")
+        pos = {io.SEEK_SET: 0, io.SEEK_CUR: self._pos, io.SEEK_END: self._size}[whence] + offset
+        if pos < 0:
+            raise OSError(f"{self._where()}: negative seek position {pos}")
+        self._pos = pos
+        return pos
+
+
+class RangedFile(_SeekableReader):
     """A read-only, seekable file over one object of a :class:`ByteStore`.
 
     Reads are served from ``block_size``-aligned blocks fetched with ranged GETs and kept in a
@@ -75,28 +103,8 @@ class RangedFile(io.RawIOBase):
     def size(self) -> int:
         return self._size
 
-    def readable(self) -> bool:
-        return True
-
-    def seekable(self) -> bool:
-        return True
-
-    def tell(self) -> int:
-        return self._pos
-
-    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
-        if whence == io.SEEK_SET:
-            pos = offset
-        elif whence == io.SEEK_CUR:
-            pos = self._pos + offset
-        elif whence == io.SEEK_END:
-            pos = self._size + offset
-        else:
-            raise ValueError(f"bad whence {whence}")
-        if pos < 0:
-            raise OSError(f"{self.store.describe(self.key)}: negative seek position {pos}")
-        self._pos = pos
-        return pos
+    def _where(self) -> str:
+        return self.store.describe(self.key)
 
     def _block(self, index: int) -> bytes:
         data = self._blocks.pop(index, None)
@@ -137,7 +145,7 @@ class RangedFile(io.RawIOBase):
         return self.read(length)
 
 
-class SparseFile(io.RawIOBase):
+class SparseFile(_SeekableReader):
     """A file of ``size`` bytes whose content is known only for some ranges.
 
     Reads inside a known range are served from memory; anything else goes to ``fallback``
@@ -154,19 +162,6 @@ class SparseFile(io.RawIOBase):
         self._pos = 0
         self._name = name
 
-    def readable(self) -> bool:
-        return True
-
-    def seekable(self) -> bool:
-        return True
-
-    def tell(self) -> int:
-        return self._pos
-
-    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
-        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._pos, io.SEEK_END: self._size}[whence]
-        self._pos = base + offset
-        return self._pos
 
     def readinto(self, buffer) -> int:  # type: ignore[override]
         view = memoryview(buffer).cast("B")
