@@ -73,22 +73,24 @@ def _resolve(dataset: Any, index: Any) -> tuple[Any, Any]:
 class BatchHandle:
     """The in-flight samples of one batch."""
 
-    __slots__ = ("indices", "_futures", "_batch_future")
+    __slots__ = ("indices", "_futures", "_batch_future", "_head")
 
     def __init__(self, indices: Sequence[Any], futures: list[cf.Future] | None = None,
-                 batch_future: cf.Future | None = None) -> None:
+                 batch_future: cf.Future | None = None, head: list[cf.Future] | None = None) -> None:
         self.indices = indices
         self._futures = futures
         self._batch_future = batch_future
+        self._head = head or []  # samples loaded before the rest of the batch (the start-up probe)
 
     def result(self, timeout: float | None = None) -> list[Any]:
+        head = [f.result(timeout) for f in self._head]
         if self._batch_future is not None:
-            return self._batch_future.result(timeout)
-        assert self._futures is not None
-        return [f.result(timeout) for f in self._futures]
+            return head + self._batch_future.result(timeout)
+        return head + [f.result(timeout) for f in self._futures or []]
 
     def _all(self) -> list[cf.Future]:
-        return [self._batch_future] if self._batch_future is not None else list(self._futures or [])
+        rest = [self._batch_future] if self._batch_future is not None else list(self._futures or [])
+        return self._head + rest
 
     def done(self) -> bool:
         return all(f.done() for f in self._all())
@@ -101,6 +103,49 @@ class BatchHandle:
     def cancel(self) -> None:
         for f in self._all():
             f.cancel()
+
+
+class _DeferredBatch(BatchHandle):
+    """A batch loaded one sample at a time by whichever thread first waits for it."""
+
+    __slots__ = ("_load", "_cancelled")
+
+    def __init__(self, indices: Sequence[Any], load: Callable[[Any], Any], head: list[cf.Future] | None) -> None:
+        super().__init__(indices, futures=None, head=head)
+        self._load: Callable[[Any], Any] | None = load
+        self._cancelled = False
+
+    def _run(self) -> None:
+        load, self._load = self._load, None
+        if load is None:
+            return
+        futures = []
+        for i in self.indices[len(self._head):]:
+            f: cf.Future = cf.Future()
+            if self._cancelled:
+                f.cancel()
+            else:
+                try:
+                    f.set_result(load(i))
+                except Exception as exc:  # delivered by result(), like a pool task's error
+                    f.set_exception(exc)
+            futures.append(f)
+        self._futures = futures
+
+    def result(self, timeout: float | None = None) -> list[Any]:
+        self._run()
+        return super().result(timeout)
+
+    def wait(self, timeout: float | None) -> bool:
+        self._run()
+        return super().wait(timeout)
+
+    def done(self) -> bool:
+        return self._load is None and super().done()
+
+    def cancel(self) -> None:
+        self._cancelled = True
+        super().cancel()
 
 
 class SampleFetcher:
@@ -138,39 +183,68 @@ class SampleFetcher:
     # share, concurrency cannot help (the CPU is the bottleneck) and thread hand-offs cost ~0.2 ms
     # of CPU per sample (measured on local disk). Then a batch is loaded in the calling thread,
     # as torch does; a rising fetch latency switches concurrency back on (hysteresis).
-    INLINE_ENTER, INLINE_EXIT, INLINE_MIN_SAMPLES = 0.2, 0.4, 32
+    # Latencies measured under full concurrency are inflated by queueing (an aiofiles read waits
+    # ~4 ms behind 31 others), so the first batch starts with a probe: PROBE_SAMPLES samples
+    # loaded one at a time through the engine's own path, the first one discarded (cold
+    # connections, lazy imports), the last one deciding the mode.
+    INLINE_ENTER, INLINE_EXIT, INLINE_MIN_SAMPLES, PROBE_SAMPLES = 0.2, 0.4, 32, 2
 
     _fetch_ewma: float | None = None
     _decode_ewma: float | None = None
     _observed = 0
     _inline = False
+    _probed = False
 
     def _note(self, fetch_s: float | None = None, decode_s: float | None = None) -> None:
         # NOTE: updated from several threads without a lock; a lost update only nudges an average.
+        # One sample moves an average by at most 4x its value, so a single stall (a preempted
+        # read) does not flip the mode; a lasting change still wins within a few samples.
         if fetch_s is not None:
-            self._fetch_ewma = fetch_s if self._fetch_ewma is None else 0.9 * self._fetch_ewma + 0.1 * fetch_s
+            f = self._fetch_ewma
+            self._fetch_ewma = fetch_s if f is None else 0.9 * f + 0.1 * min(fetch_s, 4 * f)
             self._observed += 1
         if decode_s is not None:
-            self._decode_ewma = decode_s if self._decode_ewma is None else 0.9 * self._decode_ewma + 0.1 * decode_s
+            d = self._decode_ewma
+            self._decode_ewma = decode_s if d is None else 0.9 * d + 0.1 * min(decode_s, 4 * d)
+
+    def _may_inline(self) -> bool:
+        return (self.controller is None and self._decode_slots == 1
+                and is_fetch_decode(_resolve(self.dataset, 0)[0]))
 
     def _should_inline(self) -> bool:
         f, d = self._fetch_ewma, self._decode_ewma
-        if (self.controller is not None or self._decode_slots != 1 or f is None or d is None
-                or self._observed < self.INLINE_MIN_SAMPLES or not is_fetch_decode(_resolve(self.dataset, 0)[0])):
+        if f is None or d is None or self._observed < self.INLINE_MIN_SAMPLES or not self._may_inline():
             return False
         self._inline = f < (self.INLINE_EXIT if self._inline else self.INLINE_ENTER) * d
         return self._inline
 
-    def _inline_batch(self, indices: Sequence[Any]) -> BatchHandle:
-        futures = []
-        for i in indices:
-            f: cf.Future = cf.Future()
-            try:
-                f.set_result(self._load_sync(i))
-            except Exception as exc:  # delivered by result(), like a pool task's error
-                f.set_exception(exc)
-            futures.append(f)
-        return BatchHandle(indices, futures)
+    def _submit_one(self, index: Any) -> cf.Future:
+        raise NotImplementedError
+
+    def _probe(self, indices: Sequence[Any]) -> list[cf.Future]:
+        """Load the batch's first samples alone (nothing else in flight) and seed the averages."""
+        self._probed = True
+        if not self._may_inline():
+            return []
+        head = []
+        for n, i in enumerate(indices[: self.PROBE_SAMPLES]):
+            if n == len(indices[: self.PROBE_SAMPLES]) - 1:
+                self._fetch_ewma = self._decode_ewma = None  # only the last (warm) probe counts
+            f = self._submit_one(i)
+            cf.wait([f])
+            head.append(f)
+        if self._fetch_ewma is not None and self._decode_ewma is not None:
+            self._observed = max(self._observed, self.INLINE_MIN_SAMPLES)
+        return head
+
+    def _inline_batch(self, indices: Sequence[Any], head: list[cf.Future] | None = None) -> BatchHandle:
+        """``indices`` (after the already loaded ``head``), loaded in the caller's thread when asked for.
+
+        NOTE: loading is deferred to ``result()``/``wait()``, so a worker in inline mode loads
+        its batches on demand and in order, as torch does, instead of loading ``batch_pool``
+        batches ahead before handing back the first.
+        """
+        return _DeferredBatch(indices, self._load_sync, head)
 
     def _decode(self, ds: Any, i: Any, raw: Any) -> Any:
         began = time.perf_counter()
@@ -268,9 +342,14 @@ class ThreadedFetcher(SampleFetcher):
         getitems = self._batched_getitems()
         if getitems is not None:
             return BatchHandle(indices, batch_future=self._pool.submit(getitems, list(indices)))
+        head = [] if self._probed else self._probe(indices)
+        rest = indices[len(head):]
         if self._should_inline():
-            return self._inline_batch(indices)
-        return BatchHandle(indices, [self._pool.submit(self._load_sync, i) for i in indices])
+            return self._inline_batch(indices, head)
+        return BatchHandle(indices, [self._submit_one(i) for i in rest], head=head)
+
+    def _submit_one(self, index: Any) -> cf.Future:
+        return self._pool.submit(self._load_sync, index)
 
     def close(self) -> None:
         if not self._closed:
@@ -377,10 +456,20 @@ class AsyncioFetcher(SampleFetcher):
         if self._closed:
             raise RuntimeError("fetcher is closed")
         getitems = self._batched_getitems()
-        if getitems is None and self._should_inline():
-            return self._inline_batch(indices)  # the sync fetch path, in the calling thread
-        coro = self._getitems(getitems, indices) if getitems is not None else self._load_batch(indices)
-        return BatchHandle(indices, batch_future=asyncio.run_coroutine_threadsafe(coro, self._loop))
+        if getitems is not None:
+            return BatchHandle(indices, batch_future=asyncio.run_coroutine_threadsafe(
+                self._getitems(getitems, indices), self._loop))
+        head = [] if self._probed else self._probe(indices)
+        rest = indices[len(head):]
+        if self._should_inline():
+            return self._inline_batch(indices, head)  # the sync fetch path, in the calling thread
+        if not rest:
+            return BatchHandle(indices, [], head=head)
+        return BatchHandle(indices, batch_future=asyncio.run_coroutine_threadsafe(self._load_batch(rest), self._loop),
+                           head=head)
+
+    def _submit_one(self, index: Any) -> cf.Future:
+        return asyncio.run_coroutine_threadsafe(self._load(index), self._loop)
 
     def close(self) -> None:
         if self._closed:
