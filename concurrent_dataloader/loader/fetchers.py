@@ -124,6 +124,7 @@ class _DeferredBatch(BatchHandle):
             f: cf.Future = cf.Future()
             if self._cancelled:
                 f.cancel()
+                f.set_running_or_notify_cancel()  # counts as done for cf.wait
             else:
                 try:
                     f.set_result(load(i))

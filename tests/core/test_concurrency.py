@@ -128,16 +128,17 @@ class InstantFetchBusyDecode(SleepyFetchDecode):
         return torch.tensor([i, int(threading.current_thread() is threading.main_thread())])
 
 
+@pytest.mark.parametrize("fetch_impl", ["threaded", "asyncio"])
 @pytest.mark.parametrize("delay", [0.0, 0.02])
-def test_inline_loading_only_when_fetch_is_negligible(delay):
+def test_inline_loading_only_when_fetch_is_negligible(delay, fetch_impl):
     import os
 
     rows = torch.cat(list(DataLoader(InstantFetchBusyDecode(n=256, batch_size=16, delay=delay), batch_size=16,
-                                     num_workers=2, num_fetch_workers=8, batch_pool=2, fetch_impl="threaded")))
+                                     num_workers=2, num_fetch_workers=8, batch_pool=2, fetch_impl=fetch_impl)))
     assert rows[:, 0].tolist() == list(range(256))
     inline = int(rows[:, 1].sum())
     one_core_each = (os.cpu_count() or 1) // 2 == 1
     if delay == 0.0 and one_core_each:
-        assert inline >= 128  # after the first samples, batches load in the worker's own thread
+        assert inline >= 256 - 2 * 2  # all but the probe samples load in the worker's own thread
     else:
         assert inline == 0  # a real fetch latency (or spare cores) keeps the fetch threads

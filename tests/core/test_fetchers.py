@@ -11,6 +11,7 @@ import torch
 
 from concurrent_dataloader import ConcurrentGetitems, DataLoader, FetchConfig, concurrent_getitems
 from concurrent_dataloader.loader import fetchers
+from concurrent_dataloader import ConcurrentDataset
 from core_datasets import FailingDataset, RangeDataset, SleepyDataset
 
 
@@ -106,3 +107,122 @@ def test_dataset_with_its_own_getitems_is_called_per_batch():
 def test_pin_memory_single_process():
     out = list(DataLoader(RangeDataset(6), batch_size=3, num_workers=0, pin_memory=True))
     assert len(out) == 2
+
+
+class _CountedFetchDecode(ConcurrentDataset):
+    """Fetch sleeps ``delay`` (0: free); decode burns ~2 ms. Records, per index, how many fetches
+    were running when its fetch started, and how many samples were decoded so far."""
+
+    def __init__(self, n: int = 64, delay: float = 0.0, bad: int | None = None) -> None:
+        import threading
+
+        self.n, self.delay, self.bad = n, delay, bad
+        self.lock = threading.Lock()
+        self.active = 0
+        self.running_at_start: dict[int, int] = {}
+        self.decoded = 0
+
+    def __len__(self) -> int:
+        return self.n
+
+    def _enter(self, i: int) -> None:
+        with self.lock:
+            self.active += 1
+            self.running_at_start[i] = self.active
+
+    def _leave(self) -> None:
+        with self.lock:
+            self.active -= 1
+
+    def fetch_raw(self, i: int):
+        import time
+
+        self._enter(i)
+        try:
+            if self.delay:
+                time.sleep(self.delay)
+        finally:
+            self._leave()
+        if i == self.bad:
+            raise FileNotFoundError(f"no such object: sample-{i}")
+        return i
+
+    async def fetch_raw_async(self, i: int):
+        import asyncio
+
+        self._enter(i)
+        try:
+            await asyncio.sleep(self.delay)
+        finally:
+            self._leave()
+        if i == self.bad:
+            raise FileNotFoundError(f"no such object: sample-{i}")
+        return i
+
+    def decode(self, i: int, raw):
+        import time
+
+        end = time.perf_counter() + 0.002
+        while time.perf_counter() < end:
+            pass
+        with self.lock:
+            self.decoded += 1
+        return raw
+
+
+@pytest.fixture
+def one_core_share(monkeypatch):
+    """The process has one core's share (as each of 2 workers on 2 cores): inline mode is allowed."""
+    monkeypatch.setattr(fetchers, "decode_concurrency", lambda: 1)
+
+
+@pytest.mark.parametrize("fetch_impl", ["threaded", "asyncio"])
+def test_probe_loads_the_first_samples_alone(one_core_share, fetch_impl):
+    ds = _CountedFetchDecode(n=64, delay=0.02)
+    with fetchers.make_fetcher(ds, FetchConfig(16, fetch_impl)) as f:
+        first = f.submit(list(range(16)))
+        assert first.result() == list(range(16))
+        assert [ds.running_at_start[i] for i in range(f.PROBE_SAMPLES)] == [1] * f.PROBE_SAMPLES
+        # a 20 ms fetch is not negligible next to a 2 ms decode: the rest runs concurrently
+        assert max(ds.running_at_start[i] for i in range(16)) >= 8
+        assert f.submit(list(range(16, 32))).result() == list(range(16, 32))
+        assert max(ds.running_at_start[i] for i in range(16, 32)) >= 8
+
+
+@pytest.mark.parametrize("fetch_impl", ["threaded", "asyncio"])
+def test_inline_batches_load_on_demand_in_order(one_core_share, fetch_impl):
+    ds = _CountedFetchDecode(n=64, delay=0.0)
+    with fetchers.make_fetcher(ds, FetchConfig(16, fetch_impl)) as f:
+        handles = [f.submit(list(range(k, k + 8))) for k in range(0, 32, 8)]
+        # free fetches: after the probe nothing is loaded until a batch is asked for
+        assert ds.decoded == f.PROBE_SAMPLES
+        assert not handles[1].done()
+        assert handles[0].result() == list(range(8))
+        assert ds.decoded == 8
+        handles[1].cancel()  # a stale batch (e.g. a resumed epoch) is never loaded
+        assert handles[2].wait(None) and handles[2].done()
+        assert ds.decoded == 16
+        assert handles[3].result() == list(range(24, 32))
+        assert ds.decoded == 24
+        assert handles[1].wait(0) and ds.decoded == 24
+
+
+@pytest.mark.parametrize("fetch_impl", ["threaded", "asyncio"])
+def test_inline_batch_errors_keep_their_context(one_core_share, fetch_impl):
+    ds = _CountedFetchDecode(n=64, delay=0.0, bad=13)
+    with fetchers.make_fetcher(ds, FetchConfig(16, fetch_impl)) as f:
+        assert f.submit(list(range(8))).result() == list(range(8))
+        with pytest.raises(FileNotFoundError) as info:
+            f.submit(list(range(8, 16))).result()
+        assert any("dataset index 13" in n for n in info.value.__notes__)
+        assert f.submit(list(range(16, 24))).result() == list(range(16, 24))
+
+
+def test_no_inline_mode_with_spare_cores(monkeypatch):
+    monkeypatch.setattr(fetchers, "decode_concurrency", lambda: 2)  # e.g. one worker on 2 cores
+    ds = _CountedFetchDecode(n=64, delay=0.0)
+    with fetchers.make_fetcher(ds, FetchConfig(16, "threaded")) as f:
+        handles = [f.submit(list(range(k, k + 8))) for k in range(0, 32, 8)]
+        for h in handles:
+            h.wait(None)
+        assert ds.decoded == 32  # every batch started at submit: decodes can use both cores
