@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 from benchmarking import run as bench_run
-from benchmarking.harness import RunSpec, expand_grid, load_config, ratios_and_checks
+from benchmarking.harness import RunSpec, close_calls, expand_grid, load_config, ratios_and_checks, spec_of
 from benchmarking.make_synthetic import SyntheticSpec, make_synthetic
 from benchmarking.make_synthetic import main as synth_main
 from concurrent_dataloader.datasets import get_dataset
@@ -121,6 +121,15 @@ def test_ratios_and_target_checks():
     assert by["ours-asyncio at 50 ms / at 0 ms (latency hiding)"]["pass"] is False  # 0.905 < 0.95
     assert by["ours-asyncio / torch, scratch 0 ms"]["pass"] is True
     assert by["lean-async client CPU ms per GET"]["pass"] is True
+    # each loader check names the grid points it compared, so a close call can be re-measured
+    hiding = by["ours-asyncio at 50 ms / at 0 ms (latency hiding)"]
+    assert hiding["runs"] == [spec_of(rows[5]), spec_of(rows[3])]
+    assert spec_of(rows[5]) == RunSpec(storage="s3", latency_ms=50, loader="ours-asyncio").normalized()
+    assert [c["check"] for c in close_calls(checks, 0.1)] == [  # 10.6 vs 10, 0.905 vs 0.95, 0.975 vs 0.95
+        "ours-asyncio / torch, s3 50 ms, 2 workers", "ours-asyncio at 50 ms / at 0 ms (latency hiding)",
+        "ours-asyncio / torch, scratch 0 ms"]
+    assert [c["check"] for c in close_calls(checks, 0.03)] == ["ours-asyncio / torch, scratch 0 ms"]
+    assert close_calls(checks, 0.01) == []
 
 
 MICRO = """
@@ -129,7 +138,8 @@ seed: 0
 dataset: {train: 96, val: 0, classes: 4, width: 64, height: 48, target_kb: 3}
 server: {jitter_ms: 2, ceiling_seconds: 0.5}
 client_cpu: {gets: 100, clients: [botocore, lean-async]}
-measure: {warmup_batches: 1, min_batches: 2, max_batches: 8, max_seconds: 0.3, repeats: 1}
+measure: {warmup_batches: 1, min_batches: 2, max_batches: 8, max_seconds: 0.3, repeats: 1,
+          confirm_rounds: 1, confirm_margin: 100}   # every target is a "close call": both of its runs get a round more
 defaults: {num_workers: 1, num_fetch_workers: 8, batch_pool: 2, batch_size: 8, transform: realistic}
 grid:
   - {storage: scratch, loader: [torch, ours-asyncio]}
@@ -166,3 +176,11 @@ def test_harness_micro_config_end_to_end(tmp_path, capsys):
     assert result["client_cpu"]["lean-async"] < result["client_cpu"]["botocore"]
     assert (out / "throughput_vs_latency.png").stat().st_size > 1000
     assert "x torch" in text and "server ceiling" in text and "[PASS]" in text
+    # the confirmation round re-measured exactly the two runs the target compares
+    assert result["confirmed"] == ["ours-threaded / torch, s3 20 ms, 1 workers"]
+    repeats = {(r["loader"], float(r["latency_ms"]), r["storage"]): len(json.loads(r["img_per_s_repeats"]))
+               for r in rows if r["status"] == "ok"}
+    assert repeats.pop(("ours-threaded", 20.0, "s3")) == 2 and repeats.pop(("torch", 20.0, "s3")) == 2
+    assert set(repeats.values()) == {1}
+    check = result["checks"][0]
+    assert {r["loader"] for r in check["runs"]} == {"ours-threaded", "torch"}
