@@ -801,8 +801,14 @@ def ratios_and_checks(rows: list[dict[str, Any]], targets: dict[str, float] | No
     targets = targets or {}
     checks: list[dict[str, Any]] = []
 
+    # NOTE: every check compares runs at the grid's usual batch size (the most common one), so a
+    # batch-size sweep point is never taken for the main result (nor for its reference).
+    from collections import Counter
+
+    batch_size = Counter(r["batch_size"] for r in ok).most_common(1)[0][0] if ok else None
+
     def best(pred: Callable[[dict[str, Any]], bool], fmt: str = "jpeg") -> dict[str, Any] | None:
-        cands = [r for r in ok if r.get("format", "jpeg") == fmt and pred(r)]
+        cands = [r for r in ok if r.get("format", "jpeg") == fmt and r["batch_size"] == batch_size and pred(r)]
         return max(cands, key=lambda r: r["img_per_s"]) if cands else None
 
     def add(name: str, value: float | None, target: float | None, detail: str, *compared: dict[str, Any]) -> None:

@@ -100,8 +100,9 @@ def test_load_config_rejects_unknown_keys(tmp_path):
         load_config(empty)
 
 
-def _row(storage, lat, loader, ips, nfw=32):
-    return {**RunSpec(storage=storage, latency_ms=lat, loader=loader, num_fetch_workers=nfw).normalized().__dict__,
+def _row(storage, lat, loader, ips, nfw=32, bs=32):
+    return {**RunSpec(storage=storage, latency_ms=lat, loader=loader, num_fetch_workers=nfw,
+                      batch_size=bs).normalized().__dict__,
             "status": "ok", "img_per_s": ips}
 
 
@@ -109,7 +110,8 @@ def test_ratios_and_target_checks():
     rows = [_row("scratch", 0, "torch", 400), _row("scratch", 0, "ours-asyncio", 390),
             _row("s3", 0, "torch", 300), _row("s3", 0, "ours-asyncio", 420),
             _row("s3", 50, "torch", 36), _row("s3", 50, "ours-asyncio", 380), _row("s3", 50, "ours-asyncio", 100, 4),
-            _row("s3", 50, "s3torchconnector", 35)]
+            _row("s3", 50, "s3torchconnector", 35),
+            _row("s3", 50, "ours-asyncio", 900, bs=128)]  # a batch-size sweep point: never the main result
     checks = ratios_and_checks(rows, {"vs_torch_at_latency": 10, "vs_s3torchconnector_at_latency": 3,
                                       "latency_hiding": 0.95, "scratch_vs_torch": 0.95,
                                       "client_cpu_ms_per_get": 0.5}, {"lean-async": 0.07, "botocore": 1.0})
