@@ -14,6 +14,7 @@ the loop it was created on; :meth:`S3Store.aclose` closes the one of the running
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import os
 import re
@@ -367,7 +368,22 @@ class S3Store(ByteStore):
         if over:
             warnings.warn(f"more concurrent S3 requests than max_pool_connections={self.max_pool_connections} "
                           f"for {self!r}; requests queue for a connection. Raise max_pool_connections to at "
-                          "least num_fetch_workers.", RuntimeWarning, stacklevel=4)
+                          "least num_fetch_workers.", RuntimeWarning, stacklevel=6)  # the caller of get()/aget()
+
+    @contextlib.contextmanager
+    def _counted_get(self, key: str, byte_range: ByteRange | None) -> Iterator[list[bytes]]:
+        """Counts one GET in flight (sync or async) and translates its error; the body goes into the list."""
+        self._begin()
+        got: list[bytes] = []
+        try:
+            yield got
+        except Exception as exc:
+            translated = self._translate(exc, key, byte_range)
+            if translated is exc:
+                raise
+            raise translated from exc
+        finally:
+            self._end(len(got[0]) if got else None)
 
     def _end(self, nbytes: int | None) -> None:
         with self._stats_lock:
@@ -401,18 +417,9 @@ class S3Store(ByteStore):
             self._check_etag(key, data, response, byte_range)
             return data
 
-        self._begin()
-        data = None
-        try:
-            data = self.retry.call(once, self.retry_counters)
-        except Exception as exc:
-            translated = self._translate(exc, key, byte_range)
-            if translated is exc:
-                raise
-            raise translated from exc
-        finally:
-            self._end(None if data is None else len(data))
-        return self._check_length(key, data, byte_range)
+        with self._counted_get(key, byte_range) as got:
+            got.append(self.retry.call(once, self.retry_counters))
+        return self._check_length(key, got[0], byte_range)
 
     async def aget(self, key: str, byte_range: ByteRange | None = None) -> bytes:
         if byte_range is not None and byte_range[1] == 0:
@@ -428,18 +435,9 @@ class S3Store(ByteStore):
             self._check_etag(key, data, response, byte_range)
             return data
 
-        self._begin()
-        data = None
-        try:
-            data = await self.retry.acall(once, self.retry_counters)
-        except Exception as exc:
-            translated = self._translate(exc, key, byte_range)
-            if translated is exc:
-                raise
-            raise translated from exc
-        finally:
-            self._end(None if data is None else len(data))
-        return self._check_length(key, data, byte_range)
+        with self._counted_get(key, byte_range) as got:
+            got.append(await self.retry.acall(once, self.retry_counters))
+        return self._check_length(key, got[0], byte_range)
 
     def list(self, prefix: str = "") -> Iterator[str]:
         """Keys under ``prefix`` (relative to the store's prefix), sorted; ListObjectsV2 with pagination."""
