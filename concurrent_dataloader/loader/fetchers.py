@@ -227,9 +227,10 @@ class SampleFetcher:
         self._probed = True
         if not self._may_inline():
             return []
+        probes = indices[: self.PROBE_SAMPLES]
         head = []
-        for n, i in enumerate(indices[: self.PROBE_SAMPLES]):
-            if n == len(indices[: self.PROBE_SAMPLES]) - 1:
+        for n, i in enumerate(probes):
+            if n == len(probes) - 1:
                 self._fetch_ewma = self._decode_ewma = None  # only the last (warm) probe counts
             f = self._submit_one(i)
             cf.wait([f])
