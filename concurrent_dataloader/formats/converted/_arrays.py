@@ -16,10 +16,10 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ...errors import DataFormatError
-from .base import FileWriter
+from .writers import FileWriter
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .base import ConvertedReader
+    from .reader import ConvertedReader
 
 __all__ = ["RawArrayWriter", "array_offset", "parse_small_array"]
 

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from .base import FlexibleImageEncoder, open_image, register_format
+from .encoders import FlexibleImageEncoder
+from .layout import open_image
+from .registry import register_format
 from .ipc import IpcConverter, IpcInfo, IpcReader, column_value, decode_ipc_row, load_ipc_info
 
 __all__ = ["DenseIpcConverter", "DenseIpcReader"]

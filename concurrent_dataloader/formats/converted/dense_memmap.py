@@ -12,8 +12,11 @@ from typing import Any
 
 from ...errors import ConfigError, DataFormatError
 from ._arrays import RawArrayWriter, array_offset
-from .base import (IMAGE_MODES, LABEL_MODES, ConverterFixedSize, DenseLabelEncoder, FileWriter, array_shape, mode_channels,
-                   register_format)
+from .converters import ConverterFixedSize
+from .encoders import DenseLabelEncoder
+from .layout import IMAGE_MODES, LABEL_MODES, array_shape, mode_channels
+from .registry import register_format
+from .writers import FileWriter
 from .memmap import MemmapReader
 
 __all__ = ["DenseMemmapConverter", "DenseMemmapReader"]

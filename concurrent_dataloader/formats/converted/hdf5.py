@@ -20,7 +20,11 @@ import numpy as np
 
 from ...errors import DataFormatError
 from ._io import RangedFile
-from .base import ConvertedReader, ConverterFixedSize, FileWriter, array_shape, register_format
+from .converters import ConverterFixedSize
+from .layout import array_shape
+from .reader import ConvertedReader
+from .registry import register_format
+from .writers import FileWriter
 
 __all__ = ["HDF5Converter", "HDF5Reader", "Hdf5Converter", "Hdf5Reader"]
 

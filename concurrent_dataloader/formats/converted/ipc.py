@@ -20,7 +20,11 @@ import numpy as np
 
 from ...errors import DataFormatError
 from ._io import IpcBlock, ipc_file_blocks
-from .base import ConvertedReader, ConverterFlexibleSize, FileWriter, open_image, register_format
+from .converters import ConverterFlexibleSize
+from .layout import open_image
+from .reader import ConvertedReader
+from .registry import register_format
+from .writers import FileWriter
 
 __all__ = ["IpcConverter", "IpcReader"]
 

@@ -12,7 +12,11 @@ from typing import Any
 
 import numpy as np
 
-from .base import (ConvertedReader, ConverterFixedSize, FileWriter, array_shape, register_format)
+from .converters import ConverterFixedSize
+from .layout import array_shape
+from .reader import ConvertedReader
+from .registry import register_format
+from .writers import FileWriter
 from ._arrays import RawArrayWriter, array_offset, parse_small_array
 
 __all__ = ["MemmapConverter", "MemmapReader"]

@@ -22,7 +22,11 @@ import numpy as np
 
 from ...errors import ConfigError, DataFormatError
 from ._io import SparseFile, parquet_footer
-from .base import ConvertedReader, ConverterFlexibleSize, FileWriter, open_image, register_format
+from .converters import ConverterFlexibleSize
+from .layout import open_image
+from .reader import ConvertedReader
+from .registry import register_format
+from .writers import FileWriter
 
 __all__ = ["ParquetConverter", "ParquetReader"]
 

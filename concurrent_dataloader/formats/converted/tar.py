@@ -19,7 +19,11 @@ from typing import Any
 
 from ...errors import DataFormatError
 from ._io import RangedFile
-from .base import ConvertedReader, ConverterFlexibleSize, FileWriter, open_image, register_format
+from .converters import ConverterFlexibleSize
+from .layout import open_image
+from .reader import ConvertedReader
+from .registry import register_format
+from .writers import FileWriter
 
 __all__ = ["TarConverter", "TarReader"]
 

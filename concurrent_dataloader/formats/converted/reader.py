@@ -1,0 +1,375 @@
+"""The training hot path: :class:`ConvertedReader`, the base of every format's reader.
+
+It imports nothing of the offline conversion (encoders, sources, converters).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import threading
+from typing import Any, Callable, ClassVar
+
+from ...errors import ConfigError, DataFormatError
+from ...loader.protocol import ConcurrentDataset
+from ...storage.base import ByteStore, open_store
+from ...storage.local import LocalStore
+from ._io import KeyedLocks
+from .layout import CLASSES_KEY, METADATA_KEY, Layout, array_shape, parse_metadata
+
+__all__ = ["ConvertedReader", "open_dataset_store"]
+
+_STATE_LOCK = threading.Lock()
+
+
+def _reset_state_lock() -> None:
+    global _STATE_LOCK
+    _STATE_LOCK = threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_reset_state_lock)
+
+
+class _ProcessState:
+    """Everything a reader opens or caches, owned by one process (never pickled)."""
+
+    def __init__(self) -> None:
+        self.pid = os.getpid()
+        self.locks = KeyedLocks()
+        self.files: dict[int, Any] = {}
+        self.labels: dict[int, Any] = {}
+        self.fds: dict[str, int] = {}
+        self.handles: list[Any] = []
+        self.extra: dict[str, Any] = {}
+
+    def close(self) -> None:
+        if self.pid != os.getpid():
+            return
+        for fd in self.fds.values():
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+        self.fds.clear()
+        for h in self.handles:
+            try:
+                h.close()
+            except Exception:
+                pass
+        self.handles.clear()
+        self.files.clear()
+
+    def __del__(self) -> None:
+        try:
+            self.close()
+        except Exception:
+            pass
+
+
+class ConvertedReader(ConcurrentDataset):
+    """Map-style dataset over a converted dataset, on local disk or any :class:`ByteStore`.
+
+    ``dataset_path`` is a directory or a URL (``s3://bucket/prefix``; ``storage_options`` go to
+    :func:`open_store`, e.g. ``endpoint_url`` and credentials); or pass ``store=`` directly.
+    Items are ``(image, label)`` with ``transform``/``target_transform`` applied.
+
+    It implements the fetch/decode protocol: ``fetch_raw`` reads only one sample's bytes
+    (a ranged read for memmap/HDF5, one row group's column chunk for Parquet, one record
+    batch for IPC, one member for tar), ``decode`` builds the image. Per-file details (headers,
+    footers, label arrays) are read once per process, on first use.
+
+    NOTE (fork/spawn): file descriptors, h5py handles and caches live in a per-process state
+    keyed on ``os.getpid()`` and are dropped when pickled, so the dataset can be handed to
+    workers under fork and spawn; ``worker_init_fn`` is kept for the seed's callers.
+    """
+
+    format_name: ClassVar[str] = ""
+    image_ext: ClassVar[str] = ""
+    label_ext: ClassVar[str] = ""
+    # Formats whose metadata.json may name another (compatible) format.
+    accepts_formats: ClassVar[tuple[str, ...]] = ()
+    fixed_size: ClassVar[bool] = True
+
+    def __init__(self, dataset_path: str | os.PathLike | None = None, transform: Callable | None = None,
+                 target_transform: Callable | None = None, *, store: ByteStore | None = None,
+                 storage_options: dict[str, Any] | None = None, check_files: bool = False) -> None:
+        if store is None:
+            if dataset_path is None:
+                raise ConfigError(f"{type(self).__name__} needs dataset_path (a directory or s3:// URL) or store=")
+            store = open_dataset_store(str(dataset_path), storage_options or {})
+        elif storage_options:
+            raise ConfigError("pass storage_options only with dataset_path, not with store=")
+        self.dataset_path = str(dataset_path) if dataset_path is not None else store.describe("")
+        self.store = store
+        self.transform = transform
+        self.target_transform = target_transform
+        self.metadata = self._load_metadata()
+        meta = self.metadata
+        self.len = meta["len"]
+        self.images_per_file = meta["num_images_per_array"]
+        self.len_last_array = meta["len_last_array"]
+        self.total_num_arrays = meta["total_num_arrays"]
+        self.layout = Layout(self.len, self.images_per_file)
+        self.mode = meta.get("mode")
+        self.shape = tuple(meta["shape"]) if meta.get("shape") is not None else None
+        self.class_to_idx = self._load_classes()
+        self._setup()
+        if check_files:
+            self.check_files()
+
+    # ----------------------------------------------------------------- metadata
+
+    def _load_metadata(self) -> dict[str, Any]:
+        where = self.store.describe(METADATA_KEY)
+        try:
+            data = self.store.get(METADATA_KEY)
+        except (FileNotFoundError, KeyError):
+            raise DataFormatError(
+                f"{where} not found: {self.dataset_path} is not a converted dataset, or its conversion did not "
+                "finish (metadata.json is written last; rerun the converter to resume)") from None
+        meta = parse_metadata(data, where)
+        fmt = meta.get("format")
+        if fmt is not None and fmt != self.format_name and fmt not in self.accepts_formats:
+            from .registry import FORMATS
+
+            hint = FORMATS[fmt].reader.__name__ if fmt in FORMATS else f"the reader for {fmt!r}"
+            raise DataFormatError(f"{self.dataset_path} holds a {fmt!r} conversion; open it with {hint}, not {type(self).__name__}")
+        if self.fixed_size:
+            if "mode" not in meta or "shape" not in meta:
+                raise DataFormatError(f"{where}: a fixed-size dataset needs 'mode' and 'shape'")
+            try:
+                array_shape(meta["shape"], meta["mode"])
+            except (ConfigError, TypeError, ValueError) as exc:
+                raise DataFormatError(f"{where}: {exc}") from None
+        return meta
+
+    def _load_classes(self) -> dict[str, int]:
+        try:
+            data = self.store.get(CLASSES_KEY)
+        except (FileNotFoundError, KeyError):
+            return {}  # the seed writes it only when the input had classes
+        try:
+            mapping = json.loads(data)
+        except (ValueError, RecursionError) as exc:
+            raise DataFormatError(f"{self.store.describe(CLASSES_KEY)}: not valid JSON ({str(exc)[:200]})") from None
+        return mapping if isinstance(mapping, dict) else {}
+
+    def _setup(self) -> None:
+        """Subclass hook after metadata is loaded (cheap, no I/O on data files)."""
+
+    # ----------------------------------------------------------------- keys & indices
+
+    def image_key(self, n: int) -> str:
+        return f"images/images_{n}.{self.image_ext}"
+
+    def label_key(self, n: int) -> str:
+        return f"labels/labels_{n}.{self.label_ext}"
+
+    def file_len(self, n: int) -> int:
+        return self.layout.file_len(n)
+
+    def locate(self, index: int) -> tuple[int, int]:
+        """``index`` -> (file number, position in that file)."""
+        index = int(index)
+        if index < 0:
+            index += self.len
+        if not 0 <= index < self.len:
+            raise IndexError(f"index {index} out of range for {type(self).__name__} of length {self.len}")
+        return divmod(index, self.images_per_file)
+
+    def __len__(self) -> int:
+        return self.len
+
+    def describe(self, index: int) -> str | None:
+        try:
+            n, j = self.locate(index)
+        except IndexError:
+            return None
+        return f"{self.store.describe(self.image_key(n))} [sample {j}]"
+
+    # ----------------------------------------------------------------- per-process state
+
+    def _state(self) -> _ProcessState:
+        st = self.__dict__.get("_proc")
+        if st is None or st.pid != os.getpid():
+            with _STATE_LOCK:
+                st = self.__dict__.get("_proc")
+                if st is None or st.pid != os.getpid():
+                    st = _ProcessState()
+                    self.__dict__["_proc"] = st
+        return st
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = dict(self.__dict__)
+        state.pop("_proc", None)
+        return state
+
+    def _reset_process_state(self) -> None:
+        st = self.__dict__.pop("_proc", None)
+        if st is not None:
+            st.close()
+
+    @staticmethod
+    def worker_init_fn(worker_id: int) -> None:
+        """Kept for the seed's callers; state is already per process, so this only resets it."""
+        from torch.utils.data import get_worker_info
+
+        info = get_worker_info()
+        ds = getattr(info, "dataset", None)
+        while ds is not None and not isinstance(ds, ConvertedReader) and hasattr(ds, "dataset"):
+            ds = ds.dataset
+        if isinstance(ds, ConvertedReader):
+            ds._reset_process_state()
+
+    def close_fetch_resources(self) -> None:
+        self.close()
+
+    async def aclose_fetch_resources(self) -> None:
+        await self.store.aclose()
+
+    def close(self) -> None:
+        """Close this process's file handles and store clients (they reopen on next use)."""
+        st = self.__dict__.get("_proc")
+        if st is not None and st.pid == os.getpid():
+            st.close()
+        self.store.close()
+
+    def __enter__(self) -> "ConvertedReader":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # ----------------------------------------------------------------- byte access
+
+    @property
+    def is_local(self) -> bool:
+        return isinstance(self.store, LocalStore)
+
+    def _cached(self, table: str, n: int, load: Callable[[int], Any]) -> Any:
+        st = self._state()
+        cache = st.files if table == "files" else st.labels
+        value = cache.get(n)
+        if value is None:
+            with st.locks((table, n)):
+                value = cache.get(n)
+                if value is None:
+                    value = load(n)
+                    cache[n] = value
+        return value
+
+    def file_info(self, n: int) -> Any:
+        """Per-file layout (offsets, header size...), loaded once per process."""
+        return self._cached("files", n, self._load_file_info)
+
+    def labels_of(self, n: int) -> Any:
+        """All labels of file ``n``, loaded once per process."""
+        return self._cached("labels", n, self._load_labels)
+
+    async def _acached(self, table: str, n: int, load: Callable[[int], Any]) -> Any:
+        st = self._state()
+        cache = st.files if table == "files" else st.labels
+        value = cache.get(n)
+        if value is None:
+            # NOTE: the one-time per-file load is blocking; run it off the event loop.
+            value = await asyncio.get_running_loop().run_in_executor(None, self._cached, table, n, load)
+        return value
+
+    def _load_file_info(self, n: int) -> Any:
+        return None
+
+    def _load_labels(self, n: int) -> Any:
+        raise NotImplementedError
+
+    def size_of(self, key: str) -> int:
+        try:
+            return self.store.size(key)
+        except (FileNotFoundError, KeyError):
+            raise FileNotFoundError(f"{self.store.describe(key)} is missing, but {self.store.describe(METADATA_KEY)} "
+                                    f"lists {self.total_num_arrays} files: the dataset copy or conversion is incomplete") from None
+
+    def read(self, key: str, offset: int, length: int) -> bytes:
+        """``length`` bytes at ``offset``: ``os.pread`` on a per-process descriptor locally
+        (thread-safe, no seek), a ranged GET otherwise."""
+        if self.is_local and hasattr(os, "pread"):
+            st = self._state()
+            fd = st.fds.get(key)
+            if fd is None:
+                with st.locks(("fd", key)):
+                    fd = st.fds.get(key)
+                    if fd is None:
+                        try:
+                            fd = os.open(self.store.path(key), os.O_RDONLY | getattr(os, "O_BINARY", 0))
+                        except FileNotFoundError:
+                            self.size_of(key)  # raises the explanatory error
+                            raise
+                        st.fds[key] = fd
+            data = os.pread(fd, length, offset)
+        else:
+            data = self.store.get(key, (offset, length))
+        if len(data) != length:
+            raise DataFormatError(f"{self.store.describe(key)}: wanted {length} bytes at offset {offset}, got {len(data)}: "
+                                  "the file is shorter than its metadata says (truncated or corrupt)")
+        return data
+
+    async def aread(self, key: str, offset: int, length: int) -> bytes:
+        if self.is_local:
+            return await asyncio.get_running_loop().run_in_executor(None, self.read, key, offset, length)
+        data = await self.store.aget(key, (offset, length))
+        if len(data) != length:
+            raise DataFormatError(f"{self.store.describe(key)}: wanted {length} bytes at offset {offset}, got {len(data)}: "
+                                  "the file is shorter than its metadata says (truncated or corrupt)")
+        return data
+
+    def read_all(self, key: str) -> bytes:
+        try:
+            return self.store.get(key)
+        except (FileNotFoundError, KeyError):
+            self.size_of(key)
+            raise
+
+    def check_files(self) -> None:
+        """Check that every data file exists and is as long as the metadata requires."""
+        for n in range(self.total_num_arrays):
+            self.file_info(n)
+            self.labels_of(n)
+
+    # ----------------------------------------------------------------- fetch / decode
+
+    def fetch_raw(self, index: int) -> Any:
+        n, j = self.locate(index)
+        return self._fetch(n, j)
+
+    async def fetch_raw_async(self, index: int) -> Any:
+        n, j = self.locate(index)
+        return await self._afetch(n, j)
+
+    def decode(self, index: int, raw: Any) -> tuple[Any, Any]:
+        image, label = self._decode(raw)
+        if self.transform is not None:
+            image = self.transform(image)
+        if self.target_transform is not None:
+            label = self.target_transform(label)
+        return image, label
+
+    def _fetch(self, n: int, j: int) -> Any:
+        """Blocking I/O for sample ``j`` of file ``n``: its raw bytes (and label)."""
+        raise NotImplementedError
+
+    async def _afetch(self, n: int, j: int) -> Any:
+        return await asyncio.get_running_loop().run_in_executor(None, self._fetch, n, j)
+
+    def _decode(self, raw: Any) -> tuple[Any, Any]:
+        """CPU: raw bytes -> (PIL image, label) before transforms."""
+        raise NotImplementedError
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.dataset_path!r}, len={self.len}, files={self.total_num_arrays})"
+
+
+def open_dataset_store(url: str, options: dict[str, Any]) -> ByteStore:
+    if url.startswith("s3://"):
+        from ...storage import s3  # noqa: F401  (registers the "s3" scheme)
+    return open_store(url, **options)
