@@ -340,3 +340,24 @@ def test_main_help_runs():
     out = subprocess.run([sys.executable, "-m", "benchmarking.s3_server", "--help"], capture_output=True, text=True,
                          cwd=os.path.dirname(os.path.dirname(os.path.dirname(__file__))))
     assert out.returncode == 0 and "--latency-ms" in out.stdout
+
+
+def test_multipart_upload_with_boto3(fast_boto3, fast_bucket):
+    """boto3's upload_file goes multipart above its threshold: create, parts, complete; abort drops it."""
+    from boto3.s3.transfer import TransferConfig
+
+    data = bytes(range(256)) * (5 * 4096 + 7)  # ~5.2 MB: two parts of 5 MB minimum
+    cfg = TransferConfig(multipart_threshold=5 * 1024 * 1024, multipart_chunksize=5 * 1024 * 1024)
+    import io
+
+    fast_boto3.upload_fileobj(io.BytesIO(data), fast_bucket, "big/object.bin", Config=cfg)
+    assert fast_boto3.get_object(Bucket=fast_bucket, Key="big/object.bin")["Body"].read() == data
+    up = fast_boto3.create_multipart_upload(Bucket=fast_bucket, Key="aborted")
+    fast_boto3.upload_part(Bucket=fast_bucket, Key="aborted", UploadId=up["UploadId"], PartNumber=1, Body=b"x")
+    fast_boto3.abort_multipart_upload(Bucket=fast_bucket, Key="aborted", UploadId=up["UploadId"])
+    import botocore.exceptions
+
+    with pytest.raises(botocore.exceptions.ClientError, match="NoSuchUpload"):
+        fast_boto3.complete_multipart_upload(Bucket=fast_bucket, Key="aborted", UploadId=up["UploadId"],
+                                             MultipartUpload={"Parts": [{"PartNumber": 1, "ETag": '"x"'}]})
+    assert "aborted" not in [o["Key"] for o in fast_boto3.list_objects_v2(Bucket=fast_bucket).get("Contents", [])]
