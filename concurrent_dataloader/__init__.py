@@ -6,7 +6,7 @@
 from .datasets import S3ImageDataset, ScratchImageDataset, get_dataset
 from . import telemetry
 from .skip import SkipErrors, skip_collate
-from .errors import ConcurrentDataLoaderError, ConfigError, DataFormatError, SampleLoadError
+from .errors import ConcurrentDataLoaderError, ConfigError, DataFormatError, SampleLoadError, WorkersStoppedError
 from .loader import (
     ConcurrentDataset,
     ConcurrentGetitems,
@@ -32,6 +32,7 @@ __all__ = [
     "ConfigError",
     "DataFormatError",
     "SampleLoadError",
+    "WorkersStoppedError",
     "__version__",
     "telemetry",
     "SkipErrors",

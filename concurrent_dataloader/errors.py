@@ -8,6 +8,7 @@ __all__ = [
     "DataFormatError",
     "SampleLoadError",
     "ObjectTooLargeError",
+    "WorkersStoppedError",
     "annotate_sample_error",
 ]
 
@@ -38,6 +39,11 @@ class SampleLoadError(ConcurrentDataLoaderError, OSError):
 
 class ObjectTooLargeError(SampleLoadError):
     """An object is larger than the store's ``max_object_bytes``; refused before its body is read."""
+
+
+class WorkersStoppedError(ConcurrentDataLoaderError, RuntimeError):
+    """An iterator was asked for a batch after its loader stopped the workers (or fetch threads)
+    that owed it: the epoch cannot go on, and ending it quietly would lose data."""
 
 
 _NOTE_PREFIX = "[concurrent_dataloader] while loading dataset index"

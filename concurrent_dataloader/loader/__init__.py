@@ -5,10 +5,10 @@ from .dataloader import DataLoader
 from .fetchers import AsyncioFetcher, BatchHandle, SampleFetcher, ThreadedFetcher, make_fetcher
 from .getitems import ConcurrentGetitems, ConcurrentGetitemsMixin, concurrent_getitems
 from .protocol import ConcurrentDataset, SupportsFetchDecode, is_fetch_decode
-from .worker import _worker_loop
+from .worker import _worker_loop  # noqa: F401  private: the seed's patch target, not public API
 
 __all__ = [
     "FETCH_IMPLS", "FetchConfig", "DataLoader", "AsyncioFetcher", "BatchHandle", "SampleFetcher",
     "ThreadedFetcher", "make_fetcher", "ConcurrentGetitems", "ConcurrentGetitemsMixin",
-    "concurrent_getitems", "ConcurrentDataset", "SupportsFetchDecode", "is_fetch_decode", "_worker_loop",
+    "concurrent_getitems", "ConcurrentDataset", "SupportsFetchDecode", "is_fetch_decode",
 ]

@@ -35,6 +35,7 @@ from torch.utils.data import _utils as _tud_utils
 from torch.utils.data import dataloader as _tud_dataloader
 from torch.utils.data._utils import worker as _tud_worker
 
+from ..errors import WorkersStoppedError
 from ..telemetry import EpochTimer, StatsBlock
 from .config import FetchConfig, InitFnWithConfig
 from .fetchers import SampleFetcher
@@ -148,6 +149,9 @@ class ConcurrentSingleProcessIter(_TimedNext, _tud_dataloader._SingleProcessData
         self._exhausted = False
 
     def _next_data(self) -> Any:
+        if self._read_ahead.fetcher.closed and (not self._exhausted or len(self._read_ahead)):
+            raise WorkersStoppedError("DataLoader.close() stopped the fetch threads while this iterator still owed "
+                                      "batches of its epoch; start a new epoch with iter(loader)")
         while not self._exhausted and len(self._read_ahead) < self._batch_pool:
             try:
                 self._read_ahead.submit(self._next_index())
@@ -214,6 +218,33 @@ class ConcurrentMultiProcessingIter(_TimedNext, _tud_dataloader._MultiProcessing
             "multiprocessing_context": _ContextProxy(context, worker_loop),
         })
         super().__init__(view)
+
+    _sampler_exhausted = False
+
+    def _reset(self, loader: Any, first_iter: bool = False) -> None:
+        self._sampler_exhausted = False
+        super()._reset(loader, first_iter)
+
+    def _next_index(self) -> Any:
+        try:
+            return super()._next_index()
+        except StopIteration:
+            self._sampler_exhausted = True
+            raise
+
+    def _batches_owed(self) -> bool:
+        return not self._sampler_exhausted or self._rcvd_idx < self._send_idx
+
+    def _next_data(self) -> Any:
+        # NOTE (shutdown): torch's loop skips the batches of stopped workers and then ends the
+        # epoch with StopIteration. Workers are stopped mid-epoch only by close(), by the loader
+        # starting over after a dead worker or a timeout, or by our error path: never end quietly.
+        if self._shutdown and self._batches_owed():
+            raise WorkersStoppedError(
+                f"the DataLoader's worker processes were stopped (close(), or the loader restarted them) while "
+                f"this iterator still owed batches of its epoch ({self._num_yielded} yielded so far); "
+                f"start a new epoch with iter(loader)")
+        return super()._next_data()
 
     def __next__(self) -> Any:
         try:

@@ -18,12 +18,6 @@ from .worker import _worker_loop
 __all__ = ["DataLoader"]
 
 
-def _stop_persistent_workers(iterators: weakref.WeakSet) -> None:
-    for iterator in list(iterators):
-        if _torch_compat.is_persistent(iterator):
-            _torch_compat.shutdown_iterator(iterator)
-
-
 class DataLoader(torch.utils.data.DataLoader):
     """A drop-in ``torch.utils.data.DataLoader`` whose workers fetch many samples at once.
 
@@ -51,13 +45,13 @@ class DataLoader(torch.utils.data.DataLoader):
         # NOTE (shutdown): shared by this loader and its num_workers=0 iterators; it stops its
         # threads when close() is called or when the last of them is garbage-collected.
         self._main_fetcher: SampleFetcher | None = None
-        # Multi-process iterators still alive, so close() can stop their workers at once
-        # (otherwise they stop when the iterator is garbage-collected, as in torch).
+        # Multi-process iterators still alive, so close() can stop their workers at once.
+        # NOTE (shutdown): otherwise an iterator owns its workers, persistent ones included, and
+        # stops them when it is exhausted (non-persistent) or garbage-collected, as in torch. The
+        # loader holds its persistent iterator but not the reverse, so persistent workers stop
+        # when both the loader and every reference to the iterator are gone. Stopping them when
+        # only the loader is collected would end ``iter(DataLoader(...))`` at once, silently.
         self._live_iterators: weakref.WeakSet = weakref.WeakSet()
-        # NOTE (shutdown): persistent workers belong to the loader; stop them when it is collected
-        # even if a stray reference keeps the iterator object alive. (Not a non-persistent
-        # iterator: ``for x in DataLoader(...)`` drops the loader while its iterator runs.)
-        weakref.finalize(self, _stop_persistent_workers, self._live_iterators)
         # Mid-epoch resume: the sampler wrapper and iterator of the current epoch, and a state
         # waiting to be replayed by the next iterator.
         self._resume_track: tuple[weakref.ref, ResumableIndexSampler] | None = None

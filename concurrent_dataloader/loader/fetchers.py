@@ -164,6 +164,10 @@ class SampleFetcher:
                                              throttle_count=(lambda: row.value("throttled")) if row else None)
         self._closed = False
 
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
     def current_limit(self) -> int:
         return self.controller.limit if self.controller is not None else self.config.concurrency
 

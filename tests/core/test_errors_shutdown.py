@@ -114,25 +114,3 @@ def test_sample_oserror_is_not_mistaken_for_a_dead_worker(fetch_impl):
             next(it)
         assert time.monotonic() - start < 3  # no wait for a worker death that is not coming
         assert next(it).tolist() == [8, 9, 10, 11]
-
-
-def test_collecting_a_persistent_loader_stops_its_workers_even_if_its_iterator_is_held():
-    import psutil
-
-    # multiprocessing's shared-memory heap (telemetry counters) keeps its arena for the life of
-    # the process: allocate it before the baseline.
-    list(DataLoader(RangeDataset(4), batch_size=2, num_workers=1))
-    before = snapshot()
-    dl = DataLoader(RangeDataset(40), batch_size=4, num_workers=2, persistent_workers=True)
-    it = iter(dl)
-    next(it)
-    stray = [it]  # e.g. a traceback or a debugger holding the iterator
-    del dl, it
-    gc.collect()
-    deadline = time.monotonic() + 20
-    while len(psutil.Process().children(recursive=True)) > before["children"] and time.monotonic() < deadline:
-        time.sleep(0.1)
-    left = psutil.Process().children(recursive=True)
-    assert len(left) == before["children"], [c.cmdline() for c in left]  # workers gone
-    del stray
-    assert_no_leaks(before)

@@ -21,6 +21,20 @@ def test_seed_import_paths():
     assert issubclass(DataLoaderParallel, torch.utils.data.DataLoader)
 
 
+def test_private_worker_loop_is_importable_but_not_public():
+    import concurrent_dataloader
+    import concurrent_dataloader.loader as loader_pkg
+
+    assert not [name for name in loader_pkg.__all__ if name.startswith("_")]
+    assert not [name for name in concurrent_dataloader.__all__ if name.startswith("_") and name != "__version__"]
+    namespace: dict = {}
+    exec("from concurrent_dataloader.loader import *", namespace)
+    assert "_worker_loop" not in namespace
+    from concurrent_dataloader.loader import _worker_loop  # still importable where it always was
+
+    assert callable(_worker_loop)
+
+
 def test_monkeypatch_usage_as_in_the_seed(monkeypatch):
     from concurrent_dataloader.dataloader_mod.dataloader import DataLoader as DataLoaderParallel
     from concurrent_dataloader.dataloader_mod.worker import _worker_loop as _worker_loop_parallel
