@@ -13,42 +13,17 @@
 
 from __future__ import annotations
 
-import os
-import threading
-import weakref
 from typing import Any, Callable, Sequence
 
 import numpy as np
 from torch.utils.data import Dataset
 
+from .._process_local import ProcessLocal, drop_process_local
 from ..loader.config import FetchConfig
 from ..loader.fetchers import SampleFetcher, make_fetcher
 from . import data_source
 
 __all__ = ["DatasetAccessor", "DataSourceDataset"]
-
-# NOTE (fork safety): one lock for lazy fetcher creation, re-created in a forked child because
-# a parent thread may have held it at the moment of the fork.
-_create_lock = threading.Lock()
-# Fetchers inherited from the parent through fork. Their threads do not exist in the child, so
-# they are never closed there; keeping a reference stops their finalizers from running in the
-# child and touching the parent's event loop objects.
-_fork_orphans: list[SampleFetcher] = []
-
-
-def _reset_after_fork() -> None:
-    global _create_lock
-    _create_lock = threading.Lock()
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_reset_after_fork)
-
-
-def _close_if_owner(pid: int, fetcher: SampleFetcher) -> None:
-    if os.getpid() == pid:
-        fetcher.close()
-
 
 _COLLATES = ("stack", "list")
 
@@ -67,9 +42,9 @@ class DatasetAccessor:
     ``fetch_impl`` ``"threaded"`` or ``"asyncio"``. A dataset without the fetch/decode protocol
     has its ``__getitem__`` run in the fetch threads.
 
-    NOTE (fork safety): the fetch engine (threads, event loop) is created lazily in each
-    process and dropped when pickled, so the accessor works in worker processes of
-    ``WorkerProcessPool`` and of a DataLoader, under fork and spawn. Call :meth:`close` (or use
+    The fetch engine (threads, event loop) is per-process state (NOTE [ Per-process state ] in
+    ``_process_local.py``), so the accessor works in worker processes of ``WorkerProcessPool``
+    and of a DataLoader, under fork and spawn. Call :meth:`close` (or use
     ``with``) to stop this process's fetch threads.
     """
 
@@ -86,41 +61,21 @@ class DatasetAccessor:
         self.dataset = dataset
         self.collate = collate
         self.field = field
-        self._state: tuple[int, SampleFetcher, weakref.finalize] | None = None
 
-    # -- pickling: never ship threads or clients --------------------------------------------
+    # -- fetch engine: per-process state, never pickled (NOTE [ Per-process state ]) ----------
+    _engine = ProcessLocal(lambda self: make_fetcher(self.dataset, self.config), close=lambda f: f.close(),
+                           close_with_owner=True, key="_state")
+    _state = None  # what an accessor that has no engine in this process shows
+
     def __getstate__(self) -> dict:
-        state = dict(self.__dict__)
-        state["_state"] = None
-        return state
+        return drop_process_local(self.__dict__)
 
-    def __setstate__(self, state: dict) -> None:
-        self.__dict__.update(state)
-
-    # -- fetch engine -------------------------------------------------------------------------
     def _fetcher(self) -> SampleFetcher:
-        pid = os.getpid()
-        state = self._state
-        if state is not None and state[0] == pid:
-            return state[1]
-        with _create_lock:
-            state = self._state
-            if state is not None and state[0] == pid:
-                return state[1]
-            if state is not None:  # inherited through fork
-                _fork_orphans.append(state[1])
-                state[2].detach()
-            fetcher = make_fetcher(self.dataset, self.config)
-            finalizer = weakref.finalize(self, _close_if_owner, pid, fetcher)
-            self._state = (pid, fetcher, finalizer)
-            return fetcher
+        return self._engine
 
     def close(self) -> None:
         """Stop this process's fetch threads (they are re-created on the next lookup)."""
-        state, self._state = self._state, None
-        if state is not None and state[0] == os.getpid():
-            state[2].detach()
-            state[1].close()
+        DatasetAccessor._engine.reset(self)
 
     def __enter__(self) -> "DatasetAccessor":
         return self

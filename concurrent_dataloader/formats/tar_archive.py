@@ -28,13 +28,13 @@ import mmap
 import os
 import posixpath
 import tarfile
-import threading
 import warnings
 from pathlib import Path
 from typing import Any, BinaryIO, Callable, Iterable, Sequence
 
 import numpy as np
 
+from .._process_local import ProcessLocal, ProcessLock, drop_process_local
 from ..errors import ConfigError, DataFormatError
 from ..loader.protocol import ConcurrentDataset
 from ..storage.base import ByteStore, open_store
@@ -153,42 +153,26 @@ def _parse_labels(path: Path, text: str) -> dict[str, list[float]]:
 
 
 # --------------------------------------------------------------------------- byte sources
-# NOTE: guards lazy opening (fd, mmap, decompression) against two fetch threads racing. A lock
-# held by another thread at fork time would stay locked in the child, so the child gets a new one.
-_OPEN_LOCK = threading.Lock()
-
-
-def _reset_open_lock() -> None:
-    global _OPEN_LOCK
-    _OPEN_LOCK = threading.Lock()
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_reset_open_lock)
+# NOTE: guards lazy opening (mmap, decompression) against two fetch threads racing; a
+# ProcessLock, so a forked child never inherits it locked (NOTE [ Per-process state ]).
+_OPEN_LOCK = ProcessLock()
 
 
 class _LocalFileSource:
     """A per-process file descriptor read with ``os.pread``.
 
     NOTE (concurrency): pread takes the offset as an argument, so many fetch threads share one
-    descriptor without a seek race. NOTE (fork/spawn): the descriptor belongs to the process
-    that opened it (keyed on ``os.getpid()``); a forked worker or an unpickled copy opens its own.
+    descriptor without a seek race. The descriptor is per-process state (NOTE [ Per-process
+    state ]): a forked worker or an unpickled copy opens its own.
     """
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        self._fd: int | None = None
-        self._pid: int | None = None
+
+    _fd = ProcessLocal(lambda self: os.open(self.path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0)), close=os.close)
 
     def _get_fd(self) -> int:
-        fd, pid = self._fd, os.getpid()
-        if fd is not None and self._pid == pid:
-            return fd
-        with _OPEN_LOCK:
-            if self._fd is None or self._pid != pid:
-                self._fd = os.open(self.path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
-                self._pid = pid
-            return self._fd
+        return self._fd
 
     def read(self, offset: int, size: int) -> bytes:
         fd = self._get_fd()
@@ -206,12 +190,10 @@ class _LocalFileSource:
         return await asyncio.get_running_loop().run_in_executor(None, self.read, offset, size)
 
     def close(self) -> None:
-        if self._fd is not None and self._pid == os.getpid():
-            os.close(self._fd)
-        self._fd = self._pid = None
+        _LocalFileSource._fd.reset(self)
 
     def __getstate__(self) -> dict:
-        return {"path": self.path, "_fd": None, "_pid": None}
+        return drop_process_local(self.__dict__)
 
 
 class _MmapSource:

@@ -7,11 +7,11 @@ without our DataLoader. Batches are still handled one at a time per worker (no b
 
 from __future__ import annotations
 
-import os
 from typing import Any, Sequence
 
 from torch.utils.data import Dataset
 
+from .._process_local import ProcessLocal, drop_process_local
 from .config import FetchConfig
 from .fetchers import SampleFetcher, make_fetcher
 from .protocol import is_fetch_decode
@@ -24,8 +24,8 @@ class ConcurrentGetitemsMixin:
 
     Set ``num_fetch_workers`` / ``fetch_impl`` as class or instance attributes.
 
-    NOTE (fork safety): the fetch engine is created lazily per process (keyed on the pid) and
-    dropped when pickled, so workers under fork and spawn each build their own.
+    The fetch engine is per-process state (NOTE [ Per-process state ] in ``_process_local.py``),
+    so workers under fork and spawn each build their own.
     """
 
     num_fetch_workers: int = 16
@@ -33,13 +33,15 @@ class ConcurrentGetitemsMixin:
     # Our own fetchers load this dataset per sample instead of calling __getitems__.
     _cdl_per_sample = True
 
+    def _cdl_new_fetcher(self) -> SampleFetcher:
+        config = FetchConfig(num_fetch_workers=self.num_fetch_workers, fetch_impl=self.fetch_impl)
+        return make_fetcher(self._cdl_target(), config)
+
+    _cdl_engine = ProcessLocal(lambda self: self._cdl_new_fetcher(), close=lambda f: f.close(),
+                               key="_cdl_fetcher_state")
+
     def _cdl_fetcher(self) -> SampleFetcher:
-        state = self.__dict__.get("_cdl_fetcher_state")
-        if state is None or state[0] != os.getpid():
-            config = FetchConfig(num_fetch_workers=self.num_fetch_workers, fetch_impl=self.fetch_impl)
-            state = (os.getpid(), make_fetcher(self._cdl_target(), config))
-            self.__dict__["_cdl_fetcher_state"] = state
-        return state[1]
+        return self._cdl_engine
 
     def _cdl_target(self) -> Any:
         return self
@@ -48,14 +50,10 @@ class ConcurrentGetitemsMixin:
         return self._cdl_fetcher().submit(list(indices)).result()
 
     def close_getitems(self) -> None:
-        state = self.__dict__.pop("_cdl_fetcher_state", None)
-        if state is not None and state[0] == os.getpid():
-            state[1].close()
+        ConcurrentGetitemsMixin._cdl_engine.reset(self)
 
     def __getstate__(self) -> dict:
-        state = dict(self.__dict__)
-        state.pop("_cdl_fetcher_state", None)
-        return state
+        return drop_process_local(self.__dict__)
 
 
 class ConcurrentGetitems(ConcurrentGetitemsMixin, Dataset):

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from .._atomic import TEMP_MARKER, atomic_write_bytes
+from .._process_local import ProcessLocal, drop_process_local
 
 __all__ = ["DiskCache", "default_cache_dir"]
 
@@ -39,6 +40,15 @@ def default_cache_dir() -> Path:
         return Path(os.environ["CDL_CACHE_DIR"])
     base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
     return Path(base) / "concurrent_dataloader"
+
+
+class _CacheCounters:
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.written_since_scan = 0
+        self.hits = 0
+        self.misses = 0
+        self.evicted = 0
 
 
 class DiskCache:
@@ -68,24 +78,12 @@ class DiskCache:
         self.low_water = low_water
         self.check_every_bytes = check_every_bytes or max(1, max_bytes // 20)
         self.directory.mkdir(parents=True, exist_ok=True)
-        self._init_process_state()
 
-    def _init_process_state(self) -> None:
-        self._lock = threading.Lock()
-        self._written_since_scan = 0
-        self.hits = 0
-        self.misses = 0
-        self.evicted = 0
+    # This process's counters and their lock: see NOTE [ Per-process state ].
+    _proc = ProcessLocal(lambda self: _CacheCounters())
 
     def __getstate__(self) -> dict[str, Any]:
-        state = self.__dict__.copy()
-        for name in ("_lock", "_written_since_scan", "hits", "misses", "evicted"):
-            state.pop(name, None)
-        return state
-
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__dict__.update(state)
-        self._init_process_state()
+        return drop_process_local(self.__dict__)
 
     def path(self, key: str) -> Path:
         digest = hashlib.sha256(key.encode()).hexdigest()
@@ -97,15 +95,17 @@ class DiskCache:
             with open(path, "rb") as f:
                 data = f.read()
         except OSError:  # never cached, evicted by another process just now, or unreadable
-            with self._lock:
-                self.misses += 1
+            st = self._proc
+            with st.lock:
+                st.misses += 1
             return None
         try:
             os.utime(path)  # LRU: a hit makes the entry young again
         except OSError:
             pass
-        with self._lock:
-            self.hits += 1
+        st = self._proc
+        with st.lock:
+            st.hits += 1
         return data
 
     def put(self, key: str, data: bytes) -> None:
@@ -114,11 +114,12 @@ class DiskCache:
             atomic_write_bytes(self.path(key), data)
         except OSError:
             return
-        with self._lock:
-            self._written_since_scan += len(data)
-            due = self._written_since_scan >= self.check_every_bytes
+        st = self._proc
+        with st.lock:
+            st.written_since_scan += len(data)
+            due = st.written_since_scan >= self.check_every_bytes
             if due:
-                self._written_since_scan = 0
+                st.written_since_scan = 0
         if due:
             self.evict()
 
@@ -167,8 +168,9 @@ class DiskCache:
                     pass
                 total -= size
                 removed += 1
-        with self._lock:
-            self.evicted += removed
+        st = self._proc
+        with st.lock:
+            st.evicted += removed
         return removed
 
     def clear(self) -> None:
@@ -180,8 +182,9 @@ class DiskCache:
 
     def stats(self) -> dict[str, int]:
         """This process's hits/misses/evictions (other processes keep their own counts)."""
-        with self._lock:
-            return {"hits": self.hits, "misses": self.misses, "evicted": self.evicted}
+        st = self._proc
+        with st.lock:
+            return {"hits": st.hits, "misses": st.misses, "evicted": st.evicted}
 
     def __repr__(self) -> str:
         return f"DiskCache({str(self.directory)!r}, max_bytes={self.max_bytes})"

@@ -11,15 +11,14 @@ very slow requests, the ones that set p99 batch times, still get their hedge.
 from __future__ import annotations
 
 import asyncio
-import bisect
 import collections
 import concurrent.futures as cf
-import os
 import threading
 import time
 from typing import Any, Iterator
 
 from .. import telemetry
+from .._process_local import ProcessLocal, drop_process_local
 from ..errors import ConfigError
 from .base import ByteRange, ByteStore
 
@@ -51,6 +50,23 @@ class _LatencyTracker:
         return len(self._ring)
 
 
+class _HedgeState:
+    """One process's counters, latency tracker and (lazily) thread pool."""
+
+    def __init__(self, window: int) -> None:
+        self.lock = threading.Lock()
+        self.tracker = _LatencyTracker(window)
+        self.requests = 0
+        self.hedges = 0
+        self.hedge_wins = 0
+        self.pool: cf.ThreadPoolExecutor | None = None
+
+    def shutdown(self) -> None:
+        pool, self.pool = self.pool, None
+        if pool is not None:
+            pool.shutdown(wait=False, cancel_futures=True)
+
+
 class HedgedStore(ByteStore):
     def __init__(self, inner: ByteStore, *, quantile: float = 0.95, max_extra: float = 0.05,
                  min_observations: int = 20, window: int = 2000, min_delay_s: float = 0.001,
@@ -66,62 +82,49 @@ class HedgedStore(ByteStore):
         self.window = window
         self.min_delay_s = min_delay_s
         self.max_threads = max_threads
-        self._init_process_state()
 
-    # NOTE (fork safety): counters, the tracker and the thread pool are per process.
-    def _init_process_state(self) -> None:
-        self._pid = os.getpid()
-        self._lock = threading.Lock()
-        self._tracker = _LatencyTracker(self.window)
-        self.requests = 0
-        self.hedges = 0
-        self.hedge_wins = 0
-        self._pool: cf.ThreadPoolExecutor | None = None
+    # Counters, the tracker and the thread pool: see NOTE [ Per-process state ].
+    _proc = ProcessLocal(lambda self: _HedgeState(self.window), close=lambda st: st.shutdown())
 
     def __getstate__(self) -> dict:
-        return {k: v for k, v in self.__dict__.items()
-                if k not in ("_lock", "_tracker", "_pool", "_pid", "requests", "hedges", "hedge_wins")}
-
-    def __setstate__(self, state: dict) -> None:
-        self.__dict__.update(state)
-        self._init_process_state()
-
-    def _check_pid(self) -> None:
-        if self._pid != os.getpid():
-            self._init_process_state()
+        return drop_process_local(self.__dict__)
 
     # ------------------------------------------------------------------ policy
     def _start(self) -> float | None:
         """Count a request; return the hedge delay, or None if too few observations yet."""
-        self._check_pid()
-        with self._lock:
-            self.requests += 1
-            if len(self._tracker) < self.min_observations:
+        st = self._proc
+        with st.lock:
+            st.requests += 1
+            if len(st.tracker) < self.min_observations:
                 return None
-            q = self._tracker.quantile(self.quantile)
+            q = st.tracker.quantile(self.quantile)
         return max(self.min_delay_s, q) if q is not None else None
 
     def _take_budget(self) -> bool:
-        with self._lock:
-            if self.hedges + 1 <= self.max_extra * self.requests:
-                self.hedges += 1
+        st = self._proc
+        with st.lock:
+            if st.hedges + 1 <= self.max_extra * st.requests:
+                st.hedges += 1
                 telemetry.count("hedges")
                 return True
             return False
 
     def _observe(self, seconds: float) -> None:
-        with self._lock:
-            self._tracker.add(seconds)
+        st = self._proc
+        with st.lock:
+            st.tracker.add(seconds)
 
     def _won(self) -> None:
-        with self._lock:
-            self.hedge_wins += 1
+        st = self._proc
+        with st.lock:
+            st.hedge_wins += 1
         telemetry.count("hedge_wins")
 
     def stats(self) -> dict[str, Any]:
-        with self._lock:
-            return {"requests": self.requests, "hedges": self.hedges, "hedge_wins": self.hedge_wins,
-                    "hedge_delay_s": self._tracker.quantile(self.quantile)}
+        st = self._proc
+        with st.lock:
+            return {"requests": st.requests, "hedges": st.hedges, "hedge_wins": st.hedge_wins,
+                    "hedge_delay_s": st.tracker.quantile(self.quantile)}
 
     # ------------------------------------------------------------------ async
     async def aget(self, key: str, byte_range: ByteRange | None = None) -> bytes:
@@ -162,10 +165,11 @@ class HedgedStore(ByteStore):
 
     # ------------------------------------------------------------------ threads
     def _threads(self) -> cf.ThreadPoolExecutor:
-        with self._lock:
-            if self._pool is None:
-                self._pool = cf.ThreadPoolExecutor(self.max_threads, thread_name_prefix="cdl-hedge")
-            return self._pool
+        st = self._proc
+        with st.lock:
+            if st.pool is None:
+                st.pool = cf.ThreadPoolExecutor(self.max_threads, thread_name_prefix="cdl-hedge")
+            return st.pool
 
     def get(self, key: str, byte_range: ByteRange | None = None) -> bytes:
         delay = self._start()
@@ -215,9 +219,9 @@ class HedgedStore(ByteStore):
         return self.inner.describe(key)
 
     def close(self) -> None:
-        pool, self._pool = self._pool, None
-        if pool is not None:
-            pool.shutdown(wait=False, cancel_futures=True)
+        st = HedgedStore._proc.peek(self)
+        if st is not None:
+            st.shutdown()  # the counters stay
         self.inner.close()
 
     async def aclose(self) -> None:

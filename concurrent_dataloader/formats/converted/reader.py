@@ -8,9 +8,9 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import threading
 from typing import Any, Callable, ClassVar
 
+from ..._process_local import ProcessLocal, drop_process_local
 from ...errors import ConfigError, DataFormatError
 from ...loader.protocol import ConcurrentDataset
 from ...storage.base import ByteStore, open_store
@@ -20,23 +20,10 @@ from .layout import CLASSES_KEY, METADATA_KEY, Layout, array_shape, parse_metada
 
 __all__ = ["ConvertedReader", "open_dataset_store"]
 
-_STATE_LOCK = threading.Lock()
-
-
-def _reset_state_lock() -> None:
-    global _STATE_LOCK
-    _STATE_LOCK = threading.Lock()
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_reset_state_lock)
-
-
 class _ProcessState:
-    """Everything a reader opens or caches, owned by one process (never pickled)."""
+    """Everything a reader opens or caches in one process (see NOTE [ Per-process state ])."""
 
     def __init__(self) -> None:
-        self.pid = os.getpid()
         self.locks = KeyedLocks()
         self.files: dict[int, Any] = {}
         self.labels: dict[int, Any] = {}
@@ -45,8 +32,6 @@ class _ProcessState:
         self.extra: dict[str, Any] = {}
 
     def close(self) -> None:
-        if self.pid != os.getpid():
-            return
         for fd in self.fds.values():
             try:
                 os.close(fd)
@@ -61,12 +46,6 @@ class _ProcessState:
         self.handles.clear()
         self.files.clear()
 
-    def __del__(self) -> None:
-        try:
-            self.close()
-        except Exception:
-            pass
-
 
 class ConvertedReader(ConcurrentDataset):
     """Map-style dataset over a converted dataset, on local disk or any :class:`ByteStore`.
@@ -80,9 +59,9 @@ class ConvertedReader(ConcurrentDataset):
     batch for IPC, one member for tar), ``decode`` builds the image. Per-file details (headers,
     footers, label arrays) are read once per process, on first use.
 
-    NOTE (fork/spawn): file descriptors, h5py handles and caches live in a per-process state
-    keyed on ``os.getpid()`` and are dropped when pickled, so the dataset can be handed to
-    workers under fork and spawn; ``worker_init_fn`` is kept for the seed's callers.
+    File descriptors, h5py handles and caches live in a per-process state (NOTE [ Per-process
+    state ] in ``_process_local.py``), so the dataset can be handed to workers under fork and
+    spawn; ``worker_init_fn`` is kept for the seed's callers.
     """
 
     format_name: ClassVar[str] = ""
@@ -191,25 +170,18 @@ class ConvertedReader(ConcurrentDataset):
 
     # ----------------------------------------------------------------- per-process state
 
+    # Closed by close()/worker_init_fn in this process, or when the reader is garbage-collected.
+    _proc_state = ProcessLocal(lambda self: _ProcessState(), close=_ProcessState.close, close_with_owner=True,
+                               key="_proc")
+
     def _state(self) -> _ProcessState:
-        st = self.__dict__.get("_proc")
-        if st is None or st.pid != os.getpid():
-            with _STATE_LOCK:
-                st = self.__dict__.get("_proc")
-                if st is None or st.pid != os.getpid():
-                    st = _ProcessState()
-                    self.__dict__["_proc"] = st
-        return st
+        return self._proc_state
 
     def __getstate__(self) -> dict[str, Any]:
-        state = dict(self.__dict__)
-        state.pop("_proc", None)
-        return state
+        return drop_process_local(self.__dict__)
 
     def _reset_process_state(self) -> None:
-        st = self.__dict__.pop("_proc", None)
-        if st is not None:
-            st.close()
+        ConvertedReader._proc_state.reset(self)
 
     @staticmethod
     def worker_init_fn(worker_id: int) -> None:
@@ -231,9 +203,9 @@ class ConvertedReader(ConcurrentDataset):
 
     def close(self) -> None:
         """Close this process's file handles and store clients (they reopen on next use)."""
-        st = self.__dict__.get("_proc")
-        if st is not None and st.pid == os.getpid():
-            st.close()
+        st = ConvertedReader._proc_state.peek(self)
+        if st is not None:
+            st.close()  # keeps the labels already loaded; handles reopen on next use
         self.store.close()
 
     def __enter__(self) -> "ConvertedReader":
