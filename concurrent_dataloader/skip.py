@@ -31,10 +31,12 @@ import json
 import logging
 import os
 import tempfile
+import threading
 import weakref
 from typing import Any, Callable, Sequence
 
 from . import telemetry
+from ._process_local import ProcessLocal, drop_process_local
 from .errors import ConfigError, DataFormatError, SampleLoadError
 from .loader.protocol import DatasetWrapper, describe_index
 
@@ -68,6 +70,12 @@ def _remove(path: str) -> None:
         os.unlink(path)
     except OSError:
         pass
+
+
+class _SkipCount:
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.n = 0
 
 
 class SkipErrors(DatasetWrapper):
@@ -104,8 +112,6 @@ class SkipErrors(DatasetWrapper):
         else:
             self.report_file = os.fspath(report_file)
             self._finalizer = None
-        self._count = 0
-        self._count_pid = os.getpid()
 
     # -- the wrapped dataset ---------------------------------------------------------------------
     def __len__(self) -> int:
@@ -119,8 +125,11 @@ class SkipErrors(DatasetWrapper):
             raise AttributeError(name)
         return getattr(self.dataset, name)
 
+    # Samples skipped in this process (NOTE [ Per-process state ] in _process_local.py).
+    _skips = ProcessLocal(lambda self: _SkipCount())
+
     def __getstate__(self) -> dict[str, Any]:
-        state = dict(self.__dict__)
+        state = drop_process_local(self.__dict__)
         state["_finalizer"] = None
         return state
 
@@ -153,11 +162,12 @@ class SkipErrors(DatasetWrapper):
             return self._skip(index, exc)
 
     def _skip(self, index: int, exc: BaseException) -> SkippedSample:
-        if self._count_pid != os.getpid():  # a fresh count per worker process
-            self._count, self._count_pid = 0, os.getpid()
-        self._count += 1
+        counter = self._skips  # a fresh count per worker process
+        with counter.lock:
+            counter.n += 1
+            count = counter.n
         key = self.describe(index)
-        if self.max_skipped is not None and self._count > self.max_skipped:
+        if self.max_skipped is not None and count > self.max_skipped:
             exc.add_note(f"SkipErrors: more than max_skipped={self.max_skipped} samples failed in this process; "
                          f"see {self.report_file} for the ones skipped so far")
             raise exc

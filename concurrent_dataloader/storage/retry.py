@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any, Awaitable, Callable, TypeVar
 
 from .. import telemetry
+from .._process_local import ProcessLocalValue
 
 __all__ = ["RetryPolicy", "RetryCounters", "classify_error", "THROTTLE_CODES", "SERVER_ERROR_CODES"]
 
@@ -73,20 +74,20 @@ def _connection_error_types() -> tuple[type[BaseException], ...]:
 
 
 _CONN_TYPES: tuple[type[BaseException], ...] | None = None
-_RNG: tuple[int, random.Random] | None = None
+
+
+def _new_rng() -> random.Random:
+    return random.Random(int.from_bytes(os.urandom(8), "little"))
+
+
+# NOTE: forked workers inherit the parent's ``random`` state; with a shared state every worker
+# would draw the same "jitter" and retry in lockstep, which is what jitter is meant to prevent.
+# So each process seeds its own from the OS (NOTE [ Per-process state ]).
+_RNG = ProcessLocalValue(_new_rng)
 
 
 def _rng() -> random.Random:
-    """A per-process RNG seeded from the OS.
-
-    NOTE: forked workers inherit the parent's ``random`` state; with a shared state every worker
-    would draw the same "jitter" and retry in lockstep, which is what jitter is meant to prevent.
-    """
-    global _RNG
-    pid = os.getpid()
-    if _RNG is None or _RNG[0] != pid:
-        _RNG = (pid, random.Random(int.from_bytes(os.urandom(8), "little")))
-    return _RNG[1]
+    return _RNG.get()
 
 
 def classify_error(exc: BaseException) -> str | None:
