@@ -1,25 +1,36 @@
 """Loader telemetry: counters and a fetch-latency histogram per process, readable from the main process.
 
 Each worker process writes into its own row of a shared-memory block that the main process
-created (so ``loader.stats()`` sees every worker without extra messages). Code anywhere in a
-process (stores, retry policies, hedging) reports through the module-level functions
-:func:`count` and :func:`observe_latency`, which write into the row installed for that process.
+created (so ``loader.stats()`` sees every worker without extra messages); a ``num_workers=0``
+loader has a row of its own. Code anywhere below a fetcher (stores, retry policies, hedging)
+reports through :func:`count` and :func:`observe_latency`, which write into the row of the
+loader whose fetch is running.
 
-NOTE (fork safety): the block is created by the main process with the loader's multiprocessing
-context and handed to workers in their start-up arguments; a worker installs its row before any
-fetch starts. Rows are written by one process each, under a per-process lock, and read without
-locking: a read may be a few increments stale, never corrupt (8-byte aligned doubles).
+NOTE [ Stats sink ]: there is no process-global sink. The row travels explicitly from the loader
+to its fetcher, and the fetcher makes it the value of a context variable wherever that loader's
+code runs: in its own threads (set once per thread, see :func:`bind_thread`), in each of its
+event-loop tasks, and around inline loads in the caller's thread (:func:`sink`). A store that
+hands work to a thread of its own carries the context along (:func:`carried`). So two loaders in
+one process (train and val) each count only their own work.
+
+See NOTE [ Fork safety ] in ``concurrent_dataloader/__init__.py``: the block is created by the main process with
+the loader's multiprocessing context and reaches workers in their start-up arguments. Rows are
+written by one process each, under a per-process lock, and read without locking: a read may be
+a few increments stale, never corrupt (8-byte aligned doubles).
 """
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
+import functools
 import math
 import threading
 import time
-from typing import Any, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
-__all__ = ["COUNTERS", "StatsBlock", "StatsRow", "count", "observe_latency", "install", "current_row",
-           "summarize", "EpochTimer", "write_to_tensorboard"]
+__all__ = ["COUNTERS", "StatsBlock", "StatsRow", "count", "observe_latency", "sink", "bind_thread", "carried",
+           "current_row", "summarize", "EpochTimer", "write_to_tensorboard"]
 
 COUNTERS = ("samples", "bytes", "fetch_errors", "requests", "attempts", "retries", "throttled",
             "server_errors", "connection_errors", "gave_up", "hedges", "hedge_wins")
@@ -95,27 +106,43 @@ def _bucket(seconds: float) -> int:
     return min(k, len(_BOUNDS))
 
 
-_current: StatsRow | None = None
+# See NOTE [ Stats sink ] above.
+_sink: contextvars.ContextVar[StatsRow | None] = contextvars.ContextVar("concurrent_dataloader_stats", default=None)
 
 
-def install(row: StatsRow | None) -> None:
-    """Make ``row`` this process's sink for :func:`count` and :func:`observe_latency`."""
-    global _current
-    _current = row
+@contextlib.contextmanager
+def sink(row: StatsRow | None) -> Iterator[None]:
+    """Count into ``row`` in this thread (or task) until the block exits."""
+    token = _sink.set(row)
+    try:
+        yield
+    finally:
+        _sink.reset(token)
+
+
+def bind_thread(row: StatsRow | None) -> None:
+    """Count into ``row`` for the rest of this thread's (or task's) life: a ``ThreadPoolExecutor``
+    initializer for threads that serve one fetcher, or the first line of one of its tasks."""
+    _sink.set(row)
+
+
+def carried(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """``fn`` bound to the caller's context: for work handed to a thread that no fetcher owns."""
+    return functools.partial(contextvars.copy_context().run, fn)
 
 
 def current_row() -> StatsRow | None:
-    return _current
+    return _sink.get()
 
 
 def count(name: str, n: float = 1) -> None:
-    row = _current
+    row = _sink.get()
     if row is not None:
         row.add(name, n)
 
 
 def observe_latency(seconds: float) -> None:
-    row = _current
+    row = _sink.get()
     if row is not None:
         row.observe(seconds)
 

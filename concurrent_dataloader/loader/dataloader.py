@@ -86,9 +86,8 @@ class DataLoader(torch.utils.data.DataLoader):
         sampler.pending = pending
         if self.num_workers == 0:
             if self._main_fetcher is None:
-                row = self._main_stats.row(0)
-                telemetry.install(row)  # stores used in this process count into this loader
-                self._main_fetcher = make_fetcher(self.dataset, self.fetch_config, row)
+                # This loader's row travels with its fetcher (NOTE [ Stats sink ] in telemetry.py).
+                self._main_fetcher = make_fetcher(self.dataset, self.fetch_config, self._main_stats.row(0))
             iterator = _torch_compat.ConcurrentSingleProcessIter(self, self._main_fetcher, self.batch_pool, sampler,
                                                                  self._timer)
         else:

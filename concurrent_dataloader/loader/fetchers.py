@@ -108,18 +108,25 @@ class BatchHandle:
 class _DeferredBatch(BatchHandle):
     """A batch loaded one sample at a time by whichever thread first waits for it."""
 
-    __slots__ = ("_load", "_cancelled")
+    __slots__ = ("_load", "_cancelled", "_stats")
 
-    def __init__(self, indices: Sequence[Any], load: Callable[[Any], Any], head: list[cf.Future] | None) -> None:
+    def __init__(self, indices: Sequence[Any], load: Callable[[Any], Any], head: list[cf.Future] | None,
+                 stats: telemetry.StatsRow | None = None) -> None:
         super().__init__(indices, futures=None, head=head)
         self._load: Callable[[Any], Any] | None = load
         self._cancelled = False
+        self._stats = stats  # the caller's thread counts into the loader's row (NOTE [ Stats sink ])
 
     def _run(self) -> None:
         load, self._load = self._load, None
         if load is None:
             return
         futures = []
+        with telemetry.sink(self._stats):
+            self._load_all(load, futures)
+        self._futures = futures
+
+    def _load_all(self, load: Callable[[Any], Any], futures: list[cf.Future]) -> None:
         for i in self.indices[len(self._head):]:
             f: cf.Future = cf.Future()
             if self._cancelled:
@@ -131,7 +138,6 @@ class _DeferredBatch(BatchHandle):
                 except Exception as exc:  # delivered by result(), like a pool task's error
                     f.set_exception(exc)
             futures.append(f)
-        self._futures = futures
 
     def result(self, timeout: float | None = None) -> list[Any]:
         self._run()
@@ -167,6 +173,11 @@ class SampleFetcher:
     @property
     def closed(self) -> bool:
         return self._closed
+
+    def _threads(self, n: int, name: str) -> cf.ThreadPoolExecutor:
+        """A pool whose threads serve this fetcher only, so they count into its row (NOTE [ Stats sink ])."""
+        return cf.ThreadPoolExecutor(n, thread_name_prefix=name, initializer=telemetry.bind_thread,
+                                     initargs=(self.stats,))
 
     def current_limit(self) -> int:
         return self.controller.limit if self.controller is not None else self.config.concurrency
@@ -250,7 +261,7 @@ class SampleFetcher:
         its batches on demand and in order, as torch does, instead of loading ``batch_pool``
         batches ahead before handing back the first.
         """
-        return _DeferredBatch(indices, self._load_sync, head)
+        return _DeferredBatch(indices, self._load_sync, head, self.stats)
 
     def _decode(self, ds: Any, i: Any, raw: Any) -> Any:
         began = time.perf_counter()
@@ -356,9 +367,9 @@ class ThreadedFetcher(SampleFetcher):
     def __init__(self, dataset: Any, config: FetchConfig, stats: telemetry.StatsRow | None = None,
                  budget: SharedBudget | None = None, slot: int = 0) -> None:
         super().__init__(dataset, config, stats, budget, slot)
-        self._pool = cf.ThreadPoolExecutor(config.concurrency, thread_name_prefix="cdl-fetch")
+        self._pool = self._threads(config.concurrency, "cdl-fetch")
         self._decode_slots = decode_concurrency()
-        self._cpu_pool = cf.ThreadPoolExecutor(self._decode_slots, thread_name_prefix="cdl-decode")
+        self._cpu_pool = self._threads(self._decode_slots, "cdl-decode")
         # the inline path (and plain datasets' __getitem__) decode in their own thread: gated too
         self._decode_gate = threading.BoundedSemaphore(self._decode_slots)
         if self.controller is not None:
@@ -473,9 +484,9 @@ class AsyncioFetcher(SampleFetcher):
         self._loop = new_event_loop()
         # Blocking fallbacks (plain __getitem__, default fetch_raw_async) run here: sized to the
         # fetch concurrency, since the stdlib default executor would silently cap it.
-        self._io_pool = cf.ThreadPoolExecutor(config.concurrency, thread_name_prefix="cdl-aio-io")
+        self._io_pool = self._threads(config.concurrency, "cdl-aio-io")
         self._decode_slots = decode_concurrency()
-        self._cpu_pool = cf.ThreadPoolExecutor(self._decode_slots, thread_name_prefix="cdl-decode")
+        self._cpu_pool = self._threads(self._decode_slots, "cdl-decode")
         self._loop.set_default_executor(self._io_pool)
         self._limiter = AsyncLimiter(self.current_limit)  # only touched on the loop thread
         self._thread = threading.Thread(target=_run_loop, args=(self._loop,), name="cdl-event-loop", daemon=True)
@@ -483,6 +494,7 @@ class AsyncioFetcher(SampleFetcher):
         self._finalizer = weakref.finalize(self, _stop_loop, self._loop, self._thread, [self._io_pool, self._cpu_pool], dataset)
 
     async def _load(self, index: Any) -> Any:
+        telemetry.bind_thread(self.stats)  # this task's context only (NOTE [ Stats sink ])
         ds, i = _resolve(self.dataset, index)
         loop = asyncio.get_running_loop()
         try:
@@ -505,6 +517,7 @@ class AsyncioFetcher(SampleFetcher):
         return sample
 
     async def _load_batch(self, indices: Sequence[Any]) -> list[Any]:
+        telemetry.bind_thread(self.stats)  # inherited by the gathered tasks (NOTE [ Stats sink ])
         results = await asyncio.gather(*(self._load(i) for i in indices), return_exceptions=True)
         for r in results:  # the first failure *by position*, so errors are deterministic
             if isinstance(r, BaseException):
@@ -512,6 +525,7 @@ class AsyncioFetcher(SampleFetcher):
         return results
 
     async def _getitems(self, getitems: Callable[[list], list], indices: Sequence[Any]) -> list[Any]:
+        telemetry.bind_thread(self.stats)
         async with self._limiter:
             return await asyncio.get_running_loop().run_in_executor(self._io_pool, getitems, list(indices))
 
@@ -545,7 +559,8 @@ class AsyncioFetcher(SampleFetcher):
 
 def make_fetcher(dataset: Any, config: FetchConfig, stats: telemetry.StatsRow | None = None,
                  budget: SharedBudget | None = None, slot: int = 0) -> SampleFetcher:
-    """``stats`` defaults to the row installed for this process (see :mod:`concurrent_dataloader.telemetry`);
+    """``stats`` defaults to the row of the loader whose code is calling (NOTE [ Stats sink ] in
+    :mod:`concurrent_dataloader.telemetry`);
     ``budget``/``slot``: this worker's share of the loader-wide in-flight budget (adaptive mode)."""
     cls = AsyncioFetcher if config.fetch_impl == "asyncio" else ThreadedFetcher
     return cls(dataset, config, stats, budget, slot)

@@ -35,9 +35,7 @@ def _worker_loop(*args: Any, **kwargs: Any) -> None:
 
     config = config_from_init_fn(a["init_fn"]) or FetchConfig()
     block = stats_block_from_init_fn(a["init_fn"])
-    if block is not None:
-        # NOTE: installed before the fetcher exists, so stores count into this worker's row.
-        telemetry.install(block.row(a["worker_id"]))
+    row = block.row(a["worker_id"]) if block is not None else None
     dataset = a["dataset_holder"][0]  # torch's loop pops it; we only peek
     index_queue = _torch_compat.make_worker_index_queue(a["index_queue"], config.batch_pool)
     a["index_queue"] = index_queue
@@ -48,7 +46,7 @@ def _worker_loop(*args: Any, **kwargs: Any) -> None:
         # _ResumeIteration (persistent workers): the engine is reused, stale batches dropped.
         nonlocal fetcher
         if fetcher is None:
-            fetcher = make_fetcher(dataset, config, budget=budget_from_init_fn(a["init_fn"]), slot=a["worker_id"])
+            fetcher = make_fetcher(dataset, config, row, budget=budget_from_init_fn(a["init_fn"]), slot=a["worker_id"])
             index_queue.read_ahead = ReadAhead(fetcher, a["auto_collation"], a["collate_fn"],
                                                while_waiting=index_queue.top_up)
         assert index_queue.read_ahead is not None
@@ -56,7 +54,8 @@ def _worker_loop(*args: Any, **kwargs: Any) -> None:
         return PipelineFetcher(index_queue.read_ahead)
 
     try:
-        with _torch_compat.override_map_fetcher(dataset, make_pipeline_fetcher):
+        # This worker's row: its fetcher carries it; the sink covers code in this thread too.
+        with telemetry.sink(row), _torch_compat.override_map_fetcher(dataset, make_pipeline_fetcher):
             _torch_compat.TORCH_WORKER_LOOP(*bound.args, **bound.kwargs)
     finally:
         # NOTE (shutdown): cancel what is in flight and stop our threads/event loop before the

@@ -179,7 +179,9 @@ class HedgedStore(ByteStore):
             self._observe(time.perf_counter() - began)
             return data
         pool = self._threads()
-        first = pool.submit(self.inner.get, key, byte_range)
+        # The hedge threads are this store's, shared by every loader using it: carry the caller's
+        # stats row along (NOTE [ Stats sink ] in telemetry.py).
+        first = pool.submit(telemetry.carried(self.inner.get), key, byte_range)
         futures = {first}
         second = None
         wait: float | None = delay
@@ -199,7 +201,7 @@ class HedgedStore(ByteStore):
                 self._observe(time.perf_counter() - began)
                 return data
             if second is None and self._take_budget():
-                second = pool.submit(self.inner.get, key, byte_range)
+                second = pool.submit(telemetry.carried(self.inner.get), key, byte_range)
                 futures.add(second)
                 wait = None
             else:
