@@ -73,7 +73,8 @@ def get_dataset(dataset: str, dataset_type: str = "train", limit: int | None = N
                 max_pool_connections: int = DEFAULT_MAX_POOL_CONNECTIONS, retry: RetryPolicy | None = None,
                 cache_dir: str | os.PathLike | None = None, cache_max_bytes: int = DEFAULT_CACHE_MAX_BYTES,
                 decoder: str = "pil", validate: bool = True, s3_client: str = "botocore",
-                max_object_bytes: int | None = None, verify_etag: bool = False) -> ImageDataset:
+                max_object_bytes: int | None = None, verify_etag: bool = False,
+                decode_device: str = "cpu") -> ImageDataset:
     """Build the seed's image dataset from its index, classes and credential files.
 
     dataset
@@ -101,6 +102,9 @@ def get_dataset(dataset: str, dataset_type: str = "train", limit: int | None = N
     whole-object body against its MD5 ETag (off by default: SSE-KMS ETags are not MD5s).
     ``s3_client``: ``"botocore"`` (boto3/aiobotocore) or ``"lean"`` (our SigV4 client, ~10x less
     CPU per GET; path-style addressing and static keys only), see :class:`S3ImageDataset`.
+    ``decoder``: ``"pil"`` (default; samples are RGB ``PIL.Image`` objects) or ``"torchvision"`` (``uint8``
+    CHW RGB tensors, for :mod:`concurrent_dataloader.transforms`); ``decode_device="cuda"`` leaves
+    decoding to the main process (see docs/decode.md).
     With ``validate=True`` a bad bucket or wrong credentials fail here (one HeadBucket request)
     rather than in the first batch.
     """
@@ -147,7 +151,7 @@ def get_dataset(dataset: str, dataset_type: str = "train", limit: int | None = N
                            max_bytes=cache_max_bytes) if use_cache else None)
         ds: ImageDataset = S3ImageDataset(bucket_name, index, labels, prefix=prefix, transform=transform,
                                           cache=cache, decoder=decoder, classes=class_ids, s3_client=s3_client,
-                                          **s3_options)
+                                          decode_device=decode_device, **s3_options)
         if validate:
             ds.store.check()  # type: ignore[attr-defined]
             ds.store.close()  # no sockets for forked workers to inherit
@@ -156,7 +160,7 @@ def get_dataset(dataset: str, dataset_type: str = "train", limit: int | None = N
         cache = (DiskCache(cache_dir, namespace=f"file|{base.resolve()}", max_bytes=cache_max_bytes)
                  if use_cache else None)
         ds = ScratchImageDataset(base, index, labels, transform=transform, cache=cache, decoder=decoder,
-                                 classes=class_ids)
+                                 classes=class_ids, decode_device=decode_device)
         if validate:
             first = ds.store.path(index[0])  # type: ignore[attr-defined]
             if not first.is_file():

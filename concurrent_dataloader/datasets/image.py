@@ -1,21 +1,21 @@
 """Image classification datasets over a byte store (S3 or a local/network filesystem).
 
 They implement the fetch/decode protocol: ``fetch_raw``/``fetch_raw_async`` only move bytes
-(through the optional disk cache), ``decode`` does the CPU work (PIL decode, ``.convert("RGB")``,
-transform) and never runs on the event loop. ``__getitem__`` chains the two, so the datasets
+(through the optional disk cache), ``decode`` does the CPU work (decode with the dataset's
+``decoder``, transform) and never runs on the event loop. ``__getitem__`` chains the two, so the datasets
 also work with the stock ``torch.utils.data.DataLoader``.
 """
 
 from __future__ import annotations
 
 import asyncio
-import io
 import os
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import numpy as np
 
+from ..decoding import DECODERS, check_decode_device, check_decoder, decode_image, encoded_image
 from ..errors import ConfigError, SampleLoadError, annotate_sample_error
 from ..loader.protocol import ConcurrentDataset
 from ..storage.base import ByteStore
@@ -26,24 +26,6 @@ from ..storage.s3 import DEFAULT_MAX_POOL_CONNECTIONS, S3Store
 from ..storage.s3_http import LeanS3Store
 
 __all__ = ["ImageDataset", "S3ImageDataset", "ScratchImageDataset", "decode_image", "DECODERS"]
-
-DECODERS = ("pil",)
-
-
-def decode_image(raw: bytes, decoder: str = "pil") -> Any:
-    """Bytes -> an RGB ``PIL.Image``.
-
-    ``img.load()`` forces the full decode here, so a truncated file fails now (in decode) rather
-    than later inside a transform. (torchvision.io's decoders are deprecated since torchvision
-    0.29, so PIL is the only decoder.)
-    """
-    if decoder not in DECODERS:
-        raise ConfigError(f"decoder must be one of {DECODERS}, got {decoder!r}")
-    from PIL import Image
-
-    with Image.open(io.BytesIO(raw)) as img:
-        img.load()
-        return img.convert("RGB")
 
 
 class _PackedStrings:
@@ -82,15 +64,23 @@ class ImageDataset(ConcurrentDataset):
 
     After the default collate the labels are an int64 tensor. Without a transform the image is a
     ``PIL.Image`` (set one with :meth:`set_transform` before batching).
+
+    ``decoder``: ``"pil"`` (an RGB ``PIL.Image``) or ``"torchvision"`` (a ``uint8`` CHW RGB tensor,
+    for :mod:`concurrent_dataloader.transforms`); see :mod:`concurrent_dataloader.decoding`.
+    ``decode_device="cuda"`` (with ``decoder="torchvision"``): ``decode`` hands on the encoded
+    bytes as a uint8 tensor and applies no transform; batch with
+    :func:`~concurrent_dataloader.decoding.collate_encoded` and decode in the main process with
+    :func:`~concurrent_dataloader.decoding.decode_batch` (docs/decode.md).
     """
 
     def __init__(self, store: ByteStore, keys: Sequence[str], labels: Sequence[int], *,
                  transform: Callable[[Any], Any] | None = None, cache: DiskCache | None = None,
-                 decoder: str = "pil", classes: dict[str, int] | None = None) -> None:
+                 decoder: str = "pil", classes: dict[str, int] | None = None,
+                 decode_device: str = "cpu") -> None:
         if len(keys) != len(labels):
             raise ConfigError(f"{len(keys)} keys but {len(labels)} labels")
-        if decoder not in DECODERS:
-            raise ConfigError(f"decoder must be one of {DECODERS}, got {decoder!r}")
+        check_decoder(decoder)
+        self.decode_device = check_decode_device(decode_device, decoder)
         self.store = store
         self._keys = _PackedStrings(keys)
         self._labels = np.asarray(labels, dtype=np.int64)
@@ -166,6 +156,8 @@ class ImageDataset(ConcurrentDataset):
         return data
 
     def decode(self, index: int, raw: bytes) -> tuple[Any, int]:
+        if self.decode_device != "cpu":  # the GPU path: the main process decodes (decoding.decode_batch)
+            return encoded_image(raw), int(self._labels[index])
         try:
             image = decode_image(raw, self.decoder)
         except Exception as exc:
@@ -224,13 +216,14 @@ class S3ImageDataset(ImageDataset):
                  max_pool_connections: int = DEFAULT_MAX_POOL_CONNECTIONS, retry: RetryPolicy | None = None,
                  transform: Callable[[Any], Any] | None = None, cache: DiskCache | None = None,
                  decoder: str = "pil", classes: dict[str, int] | None = None, s3_client: str = "botocore",
-                 **s3_options: Any) -> None:
+                 decode_device: str = "cpu", **s3_options: Any) -> None:
         if s3_client not in S3_CLIENTS:
             raise ConfigError(f"s3_client must be one of {sorted(S3_CLIENTS)}, got {s3_client!r}")
         if retry is not None:
             s3_options["retry"] = retry
         store = S3_CLIENTS[s3_client](bucket, prefix, max_pool_connections=max_pool_connections, **s3_options)
-        super().__init__(store, keys, labels, transform=transform, cache=cache, decoder=decoder, classes=classes)
+        super().__init__(store, keys, labels, transform=transform, cache=cache, decoder=decoder, classes=classes,
+                         decode_device=decode_device)
 
 
 class ScratchImageDataset(ImageDataset):
@@ -238,6 +231,7 @@ class ScratchImageDataset(ImageDataset):
 
     def __init__(self, root: str | os.PathLike | None, keys: Sequence[str], labels: Sequence[int], *,
                  transform: Callable[[Any], Any] | None = None, cache: DiskCache | None = None,
-                 decoder: str = "pil", classes: dict[str, int] | None = None) -> None:
+                 decoder: str = "pil", classes: dict[str, int] | None = None, decode_device: str = "cpu") -> None:
         store = LocalStore(Path(root) if root is not None else Path())
-        super().__init__(store, keys, labels, transform=transform, cache=cache, decoder=decoder, classes=classes)
+        super().__init__(store, keys, labels, transform=transform, cache=cache, decoder=decoder, classes=classes,
+                         decode_device=decode_device)

@@ -7,7 +7,7 @@
 * ``tfrecord``: TFRecord files of ``tf.train.Example`` without TensorFlow.
 """
 
-from .shards import (AisDataset, ImageRecordDecoder, InMemoryDataset, TarShardDataset, TarShardSource,
+from .shards import (AisDataset, ExampleImageParser, ImageRecordDecoder, InMemoryDataset, TarShardDataset, TarShardSource,
                      default_record_parser, default_record_to_example, default_record_to_pair, expand_template,
                      iter_records)
 from .tar_archive import ImageArchive, load_labels_file
@@ -16,6 +16,7 @@ from .tfrecord import Example, TFRecordDataset, TFRecordWriter, decode_example, 
 __all__ = [
     "ImageArchive", "load_labels_file",
     "TarShardDataset", "TarShardSource", "AisDataset", "InMemoryDataset", "ImageRecordDecoder",
+    "ExampleImageParser",
     "default_record_parser", "default_record_to_example", "default_record_to_pair", "expand_template", "iter_records",
     "Example", "TFRecordDataset", "TFRecordWriter", "decode_example", "encode_example", "read_tfrecords",
 ]

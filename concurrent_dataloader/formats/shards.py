@@ -33,6 +33,7 @@ from typing import Any, BinaryIO, Callable, Iterable, Iterator, Sequence
 import torch
 from torch.utils.data import Dataset, IterableDataset, get_worker_info
 
+from ..decoding import check_decoder, decode_image
 from ..errors import ConfigError, DataFormatError
 from ..storage.base import ByteStore, open_store
 from ..storage.local import LocalStore
@@ -48,6 +49,7 @@ __all__ = [
     "AisDataset",
     "InMemoryDataset",
     "ImageRecordDecoder",
+    "ExampleImageParser",
     "default_record_to_pair",
     "default_record_to_example",
     "default_record_parser",
@@ -156,10 +158,14 @@ def record_label(record: dict[str, Any]) -> int:
                           f"(looked for extensions {LABEL_EXTENSIONS})")
 
 
-def _open_image(data: bytes, where: str) -> Any:
+def _open_image(data: bytes, where: str, decoder: str | None = None) -> Any:
+    """``decoder=None``: the ``PIL.Image`` in its own mode; else the registry's decoder
+    (``decoding.decode_image``: RGB). Either way a bad image is a DataFormatError naming ``where``."""
     from PIL import Image
 
     try:
+        if decoder is not None:
+            return decode_image(data, decoder)
         img = Image.open(io.BytesIO(data))
         img.load()
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
@@ -212,17 +218,59 @@ def default_record_parser(serialized: bytes) -> tuple[torch.Tensor, int]:
 
 
 class ImageRecordDecoder:
-    """A picklable ``map_fn`` for :class:`TarShardDataset`: record -> (transform(PIL image), label)."""
+    """A picklable ``map_fn`` for :class:`TarShardDataset`: record -> (transform(image), label).
 
-    def __init__(self, transform: Callable | None = None, mode: str | None = "RGB") -> None:
+    ``decoder="pil"``: a ``PIL.Image`` converted to ``mode`` (None keeps the file's mode);
+    ``decoder="torchvision"``: a uint8 CHW RGB tensor (``mode`` must be ``"RGB"``), for
+    :mod:`concurrent_dataloader.transforms`.
+    """
+
+    def __init__(self, transform: Callable | None = None, mode: str | None = "RGB", decoder: str = "pil") -> None:
+        check_decoder(decoder)
+        if decoder != "pil" and mode != "RGB":
+            raise ConfigError(f"decoder={decoder!r} always gives RGB; mode={mode!r} needs decoder='pil'")
         self.transform = transform
         self.mode = mode
+        self.decoder = decoder
 
     def __call__(self, record: dict[str, Any]) -> tuple[Any, int]:
-        img = _open_image(record_image_bytes(record), _where(record))
-        if self.mode is not None and img.mode != self.mode:
-            img = img.convert(self.mode)
+        if self.decoder != "pil":
+            img = _open_image(record_image_bytes(record), _where(record), self.decoder)
+        else:
+            img = _open_image(record_image_bytes(record), _where(record))
+            if self.mode is not None and img.mode != self.mode:
+                img = img.convert(self.mode)
         return (self.transform(img) if self.transform is not None else img), record_label(record)
+
+
+class ExampleImageParser:
+    """A picklable TFRecord ``parser`` (:class:`~concurrent_dataloader.formats.TFRecordDataset`):
+    a serialized ``tf.train.Example`` -> ``(transform(image), label)``.
+
+    The image is the encoded bytes of feature ``image_feature`` (``image_raw``, as
+    :func:`default_record_to_example` writes it; ``image/encoded`` in TF's ImageNet scripts),
+    decoded by ``decoder`` (``"pil"``: RGB ``PIL.Image``; ``"torchvision"``: uint8 CHW RGB tensor);
+    the label is the first int of ``label_feature``. A bad image is a DataFormatError naming the
+    feature and the label, since records have no key.
+    """
+
+    def __init__(self, transform: Callable | None = None, decoder: str = "pil", image_feature: str = "image_raw",
+                 label_feature: str = "label") -> None:
+        self.transform = transform
+        self.decoder = check_decoder(decoder)
+        self.image_feature = image_feature
+        self.label_feature = label_feature
+
+    def __call__(self, serialized: bytes) -> tuple[Any, int]:
+        features = decode_example(serialized)
+        try:
+            data, label = features[self.image_feature][0], int(features[self.label_feature][0])
+        except (KeyError, IndexError, TypeError, ValueError) as exc:
+            raise DataFormatError(f"Example lacks a usable feature ({type(exc).__name__}: {exc}); expected "
+                                  f"{self.image_feature!r} (bytes) and {self.label_feature!r} (int64); it has "
+                                  f"{sorted(features)}") from None
+        img = _open_image(data, f"Example.{self.image_feature} (label {label}, {len(data)} bytes)", self.decoder)
+        return (self.transform(img) if self.transform is not None else img), label
 
 
 # --------------------------------------------------------------------------- shard locations

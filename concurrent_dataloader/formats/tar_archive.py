@@ -36,6 +36,7 @@ import numpy as np
 
 from .._process_local import ProcessLocal, ProcessLock, drop_process_local
 from ..errors import ConfigError, DataFormatError
+from ..decoding import check_decoder, decode_image
 from ..loader.protocol import ConcurrentDataset
 from ..storage.base import ByteStore, open_store
 from ..storage.local import LocalStore
@@ -346,6 +347,11 @@ class ImageArchive(ConcurrentDataset):
         original image (e.g. to rescale a bounding box by the source size).
     loader
         Turns a binary file object into an image (default: PIL, converted to RGB).
+    decoder (keyword)
+        ``"pil"`` (default: ``loader`` decodes) or ``"torchvision"``: the registry's fast decoder
+        (:mod:`concurrent_dataloader.decoding`), a uint8 CHW RGB tensor straight from the member's
+        bytes, for :mod:`concurrent_dataloader.transforms` (then ``loader`` must stay the default;
+        ``target_transform`` sees the tensor).
     extensions
         Keep only members whose name ends with one of these (case-insensitive).
     data_in_memory
@@ -373,7 +379,10 @@ class ImageArchive(ConcurrentDataset):
                  extensions: Iterable[str] | str | None = None, data_in_memory: bool = False,
                  open_after_fork: bool = False, *, labels_file: str | os.PathLike | None = None,
                  store: ByteStore | None = None, storage_options: dict | None = None,
-                 rebuild_index: bool = False, progress: bool = True) -> None:
+                 rebuild_index: bool = False, progress: bool = True, decoder: str = "pil") -> None:
+        self.decoder = check_decoder(decoder)
+        if decoder != "pil" and loader is not default_loader:
+            raise ConfigError(f"decoder={decoder!r} replaces the loader; pass either loader=... or decoder=..., not both")
         self.transform = transform
         self.target_transform = target_transform
         self.loader = loader
@@ -727,7 +736,7 @@ class ImageArchive(ConcurrentDataset):
 
     def decode(self, index: int, raw: bytes) -> tuple[Any, Any]:
         try:
-            img = self.loader(io.BytesIO(raw))
+            img = self.loader(io.BytesIO(raw)) if self.decoder == "pil" else decode_image(raw, self.decoder)
         except (OSError, SyntaxError, ValueError, _DecompressionBomb) as exc:  # UnidentifiedImageError: OSError
             raise DataFormatError(f"{self.archive_name}: member {self.names[index]!r} is not a readable image "
                                   f"({type(exc).__name__}: {exc})") from exc
