@@ -38,7 +38,7 @@ from typing import Any, Callable, Sequence
 from . import telemetry
 from ._process_local import ProcessLocal, drop_process_local
 from .errors import ConfigError, DataFormatError, SampleLoadError
-from .loader.protocol import DatasetWrapper, describe_index
+from .loader.protocol import DatasetWrapper, describe_index, is_fetch_decode
 
 __all__ = ["SkipErrors", "SkippedSample", "skip_collate", "DEFAULT_SKIP_ERRORS"]
 
@@ -134,30 +134,35 @@ class SkipErrors(DatasetWrapper):
         return state
 
     # -- fetch / decode with the policy ----------------------------------------------------------
+    def _inner_fetch_decode(self) -> bool:
+        # NOTE: only when the loader itself could use the split (no __getitem__ override below
+        # it, see is_fetch_decode); otherwise the wrapped dataset's own __getitem__ is called.
+        known = self.__dict__.get("_inner_fd")
+        if known is None:
+            known = self.__dict__["_inner_fd"] = is_fetch_decode(self.dataset)
+        return known
+
     def fetch_raw(self, index: int) -> Any:
-        fetch = getattr(self.dataset, "fetch_raw", None)
         try:
-            return fetch(index) if callable(fetch) else self.dataset[index]
+            return self.dataset.fetch_raw(index) if self._inner_fetch_decode() else self.dataset[index]
         except self.errors as exc:
             return self._skip(index, exc)
 
     async def fetch_raw_async(self, index: int) -> Any:
-        fetch = getattr(self.dataset, "fetch_raw_async", None)
-        if not callable(fetch):
+        if not self._inner_fetch_decode():
             return await super().fetch_raw_async(index)
         try:
-            return await fetch(index)
+            return await self.dataset.fetch_raw_async(index)
         except self.errors as exc:
             return self._skip(index, exc)
 
     def decode(self, index: int, raw: Any) -> Any:
         if isinstance(raw, SkippedSample):
             return raw
-        decode = getattr(self.dataset, "decode", None)
-        if not callable(decode):  # a plain dataset: fetch_raw already produced the sample
+        if not self._inner_fetch_decode():  # a plain dataset: fetch_raw already produced the sample
             return raw
         try:
-            return decode(index, raw)
+            return self.dataset.decode(index, raw)
         except self.errors as exc:
             return self._skip(index, exc)
 

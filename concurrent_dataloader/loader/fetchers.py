@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures as cf
 import contextlib
+import operator
 import os
 import threading
 import time
@@ -21,13 +22,12 @@ import warnings
 import weakref
 from typing import Any, Callable, Iterator, Sequence
 
-from torch.utils.data import Subset
-
 from .. import telemetry
 from ..errors import annotate_sample_error
 from .adaptive import AIMDController, AsyncLimiter, Limiter, SharedBudget
 from .config import FetchConfig
 from .protocol import describe_index, is_fetch_decode
+from .wrappers import batched_getitems, resolve as _resolve
 
 __all__ = ["BatchHandle", "SampleFetcher", "ThreadedFetcher", "AsyncioFetcher", "make_fetcher", "new_event_loop"]
 
@@ -60,14 +60,6 @@ def new_event_loop() -> asyncio.AbstractEventLoop:
                           RuntimeWarning, stacklevel=3)
         return asyncio.new_event_loop()
     return uvloop.new_event_loop()
-
-
-def _resolve(dataset: Any, index: Any) -> tuple[Any, Any]:
-    """See through ``torch.utils.data.Subset`` so a split dataset still loads per sample."""
-    while isinstance(dataset, Subset):
-        index = dataset.indices[index]
-        dataset = dataset.dataset
-    return dataset, index
 
 
 class BatchHandle:
@@ -317,15 +309,9 @@ class SampleFetcher:
         return sample
 
     def _batched_getitems(self) -> Callable[[list], list] | None:
-        """A dataset's own ``__getitems__`` (a batched read API) is honoured as one task per batch.
-
-        Our fetch/decode datasets and plain datasets are loaded per sample instead.
-        """
-        ds = self.dataset
-        if isinstance(ds, Subset) or is_fetch_decode(ds) or getattr(ds, "_cdl_per_sample", False):
-            return None
-        getitems = getattr(ds, "__getitems__", None)
-        return getitems if callable(getitems) else None
+        """A dataset's own ``__getitems__`` (a batched read API, or a user's override) is honoured
+        as one task per batch; see :func:`~concurrent_dataloader.loader.wrappers.batched_getitems`."""
+        return batched_getitems(self.dataset)
 
     _gate: Any = contextlib.nullcontext()
     _decode_gate: Any = contextlib.nullcontext()
@@ -501,7 +487,7 @@ class AsyncioFetcher(SampleFetcher):
             if not is_fetch_decode(ds):
                 async with self._limiter:
                     with self._measured() as began:
-                        sample = await loop.run_in_executor(self._io_pool, ds.__getitem__, i)
+                        sample = await loop.run_in_executor(self._io_pool, operator.getitem, ds, i)
                 self._record(began, None)
             else:
                 async with self._limiter:

@@ -14,7 +14,8 @@ from torch.utils.data import Dataset
 from .._process_local import ProcessLocal, drop_process_local
 from .config import FetchConfig
 from .fetchers import SampleFetcher, make_fetcher
-from .protocol import is_fetch_decode
+from .protocol import same_as_per_sample
+from .wrappers import plain_wrapper, register_plain_wrapper
 
 __all__ = ["ConcurrentGetitemsMixin", "ConcurrentGetitems", "concurrent_getitems"]
 
@@ -30,8 +31,6 @@ class ConcurrentGetitemsMixin:
 
     num_fetch_workers: int = 16
     fetch_impl: str = "threaded"
-    # Our own fetchers load this dataset per sample instead of calling __getitems__.
-    _cdl_per_sample = True
 
     def _cdl_new_fetcher(self) -> SampleFetcher:
         config = FetchConfig(num_fetch_workers=self.num_fetch_workers, fetch_impl=self.fetch_impl)
@@ -46,6 +45,9 @@ class ConcurrentGetitemsMixin:
     def _cdl_target(self) -> Any:
         return self
 
+    # Our own fetchers load this dataset per sample instead of calling __getitems__ (unless a
+    # subclass overrides it: then theirs is called).
+    @same_as_per_sample
     def __getitems__(self, indices: Sequence[int]) -> list:
         return self._cdl_fetcher().submit(list(indices)).result()
 
@@ -66,7 +68,8 @@ class ConcurrentGetitems(ConcurrentGetitemsMixin, Dataset):
         self.fetch_impl = fetch_impl
 
     def _cdl_target(self) -> Any:
-        return self.dataset
+        # A subclass may change __getitem__: then the samples must come from it, not the wrapped dataset.
+        return self.dataset if plain_wrapper(self) is not None else self
 
     def __len__(self) -> int:
         return len(self.dataset)
@@ -78,6 +81,10 @@ class ConcurrentGetitems(ConcurrentGetitemsMixin, Dataset):
         if name == "dataset":  # not yet set (during unpickling)
             raise AttributeError(name)
         return getattr(self.dataset, name)
+
+
+# Our fetchers see through exactly this class to the wrapped dataset (not through a subclass).
+register_plain_wrapper(ConcurrentGetitems, lambda ds, index: (ds.dataset, index))
 
 
 def concurrent_getitems(dataset: Any, num_fetch_workers: int = 16, fetch_impl: str = "threaded") -> ConcurrentGetitems:

@@ -17,6 +17,9 @@ The three steps:
     CPU-bound: turn the payload into the sample (decode, transform, label). It never runs
     on the event-loop thread.
 
+A subclass that overrides ``__getitem__`` or ``__getitems__`` below the class that defines the
+three methods is loaded through its own method instead (see :func:`is_fetch_decode`).
+
 Optional hooks: ``describe(index) -> str`` names the key/path in error messages, and
 ``aclose_fetch_resources()`` (a coroutine, run on the event loop) / ``close_fetch_resources()``
 release per-process clients when a fetcher shuts down.
@@ -29,7 +32,20 @@ from typing import Any, Protocol, runtime_checkable
 
 from torch.utils.data import Dataset
 
-__all__ = ["ConcurrentDataset", "DatasetWrapper", "SupportsFetchDecode", "is_fetch_decode", "describe_index"]
+__all__ = ["ConcurrentDataset", "DatasetWrapper", "SupportsFetchDecode", "is_fetch_decode", "describe_index",
+           "same_as_per_sample", "is_same_as_per_sample"]
+
+
+def same_as_per_sample(method: Any) -> Any:
+    """Marks a ``__getitem__`` that equals ``decode(fetch_raw(i))`` of the same object, or a
+    ``__getitems__`` that equals ``[self[i] for i in indices]``: overriding them with such a
+    method does not stop the loader from using the protocol (or per-sample loading)."""
+    method._cdl_same_as_per_sample = True
+    return method
+
+
+def is_same_as_per_sample(method: Any) -> bool:
+    return bool(getattr(method, "_cdl_same_as_per_sample", False))
 
 
 @runtime_checkable
@@ -59,6 +75,7 @@ class ConcurrentDataset(Dataset):
     def describe(self, index: int) -> str | None:
         return None
 
+    @same_as_per_sample
     def __getitem__(self, index: int) -> Any:
         return self.decode(index, self.fetch_raw(index))
 
@@ -80,8 +97,44 @@ class DatasetWrapper(ConcurrentDataset):
             await aclose()
 
 
+_PROTOCOL = ("fetch_raw", "fetch_raw_async", "decode")
+# Classes whose __getitem__ only raises NotImplementedError (or does not exist): not an override.
+_NEUTRAL_OWNERS = (Dataset, object)
+
+
+def _owner_rank(cls: type, name: str) -> int | None:
+    """Position in ``cls.__mro__`` of the class that defines ``name`` (0 = ``cls`` itself)."""
+    for rank, klass in enumerate(cls.__mro__):
+        if name in vars(klass):
+            return rank
+    return None
+
+
 def is_fetch_decode(dataset: object) -> bool:
-    return all(callable(getattr(dataset, name, None)) for name in ("fetch_raw", "fetch_raw_async", "decode"))
+    """True when the loader may load ``dataset[i]`` as ``dataset.decode(i, dataset.fetch_raw(i))``.
+
+    The three protocol methods must exist, and neither ``__getitem__`` nor ``__getitems__`` may be
+    overridden *below* the classes that define them: a user's subclass that changes
+    ``__getitem__`` (say, to add an augmentation) is loaded through its own ``__getitem__``, as
+    torch would (correct beats fast). A ``__getitem__`` defined in the same class as ``decode``
+    is the protocol's own (see the module docstring); an instance attribute ``__getitems__``
+    (which torch's fetcher would call) always counts as an override.
+    """
+    if not all(callable(getattr(dataset, name, None)) for name in _PROTOCOL):
+        return False
+    if "__getitems__" in getattr(dataset, "__dict__", {}):
+        return False
+    cls = type(dataset)
+    ranks = [_owner_rank(cls, name) for name in _PROTOCOL]
+    # Methods reached only through __getattr__ or the instance: trust no override at all.
+    floor = min(len(cls.__mro__) if r is None else r for r in ranks)
+    for name in ("__getitem__", "__getitems__"):
+        rank = _owner_rank(cls, name)
+        if rank is None or rank >= floor or cls.__mro__[rank] in _NEUTRAL_OWNERS:
+            continue
+        if not is_same_as_per_sample(getattr(cls, name)):
+            return False
+    return True
 
 
 def describe_index(dataset: object, index: Any) -> str | None:
