@@ -23,11 +23,9 @@ import collections
 import concurrent.futures as cf
 import io
 import os
-import posixpath
 import random
 import tarfile
 import warnings
-from pathlib import Path
 from typing import Any, BinaryIO, Callable, Iterable, Iterator, Sequence
 
 import torch
@@ -37,6 +35,7 @@ from ..decoding import check_decoder, decode_image
 from ..errors import ConfigError, DataFormatError
 from ..storage.base import ByteStore, open_store
 from ..storage.local import LocalStore
+from ..storage.url import is_remote_url, split_object_url
 from ._tarutil import SkippedMembers, check_end_of_archive, decompress_all, detect_compression, iter_tar_members
 from .tfrecord import TFRecordWriter, decode_example
 
@@ -274,18 +273,6 @@ class ExampleImageParser:
 
 
 # --------------------------------------------------------------------------- shard locations
-def _split_location(name: str) -> tuple[str, str]:
-    """A shard name -> (store base, key): ``s3://b/dir/x.tar`` -> (``s3://b/dir``, ``x.tar``)."""
-    if "://" in name and not name.startswith("file://"):
-        scheme, rest = name.split("://", 1)
-        head, _, key = rest.rpartition("/")
-        if not head:
-            raise ConfigError(f"{name!r} names no object (expected {scheme}://bucket/path/shard.tar)")
-        return f"{scheme}://{head}", key
-    path = Path(name[len("file://"):] if name.startswith("file://") else name)
-    return str(path.parent), path.name
-
-
 class _Shards:
     """Shard names resolved to (store, key); stores are shared per base and pickle without clients."""
 
@@ -299,9 +286,9 @@ class _Shards:
             if store is not None:
                 self.locations.append(("", name))
             else:
-                base, key = _split_location(name)
+                base, key = split_object_url(name, "path/shard.tar")
                 if base not in self.stores:
-                    self.stores[base] = (open_store(base, **storage_options) if "://" in base
+                    self.stores[base] = (open_store(base, **storage_options) if is_remote_url(base)
                                          else LocalStore(base))
                 self.locations.append((base, key))
         if store is not None:

@@ -23,14 +23,13 @@ import csv
 import hashlib
 import io
 import json
-import math
 import mmap
 import os
 import posixpath
 import tarfile
 import warnings
 from pathlib import Path
-from typing import Any, BinaryIO, Callable, Iterable, Sequence
+from typing import Any, BinaryIO, Callable, Iterable
 
 import numpy as np
 
@@ -40,6 +39,7 @@ from ..decoding import check_decoder, decode_image
 from ..loader.protocol import ConcurrentDataset
 from ..storage.base import ByteStore, open_store
 from ..storage.local import LocalStore
+from ..storage.url import is_remote_url, local_path, split_object_url
 from ._tarutil import (CONVERT_HINT, SkippedMembers, StoreReader, check_end_of_archive, decompress_all,
                        detect_compression, iter_tar_members, safe_member_name)
 
@@ -77,24 +77,6 @@ def _archive_stem(name: str) -> str:
         if lower.endswith(suffix) and len(name) > len(suffix):
             return name[: -len(suffix)]
     return name.rsplit(".", 1)[0] if "." in name else name
-
-
-def _split_url(url: str) -> tuple[str, str]:
-    """``s3://bucket/dir/train.tar`` -> (``s3://bucket/dir``, ``train.tar``)."""
-    scheme, rest = url.split("://", 1)
-    if "/" not in rest.strip("/"):
-        raise ConfigError(f"{url!r} names no object (expected {scheme}://bucket/path/to/archive.tar)")
-    head, key = rest.rsplit("/", 1)
-    return f"{scheme}://{head}", key
-
-
-def _is_url(path: Any) -> bool:
-    return isinstance(path, str) and "://" in path and not path.startswith("file://")
-
-
-def _local(path: str | os.PathLike) -> Path:
-    s = os.fspath(path)
-    return Path(s[len("file://"):] if s.startswith("file://") else s)
 
 
 # --------------------------------------------------------------------------- labels files
@@ -407,12 +389,12 @@ class ImageArchive(ConcurrentDataset):
         if store is not None:
             self._store, self._key = store, os.fspath(apath)
             self.archive_name = store.describe(self._key)
-        elif _is_url(apath):
-            base, self._key = _split_url(str(apath))
+        elif is_remote_url(apath):
+            base, self._key = split_object_url(apath, "path/to/archive.tar")
             self._store = open_store(base, **storage_options)
             self.archive_name = self._store.describe(self._key)
         else:
-            self._local_path = _local(apath)
+            self._local_path = local_path(apath)
             self.archive_name = str(self._local_path)
             if not self._local_path.is_file():
                 raise FileNotFoundError(f"archive not found: {self._local_path}")
@@ -429,11 +411,11 @@ class ImageArchive(ConcurrentDataset):
                 parent = posixpath.dirname(self._key)
                 self._index_store = self._store
                 self._index_key = posixpath.join(parent, f"{stem}.idx.npy") if parent else f"{stem}.idx.npy"
-        elif _is_url(ipath):
-            base, key = _split_url(str(ipath))
+        elif is_remote_url(ipath):
+            base, key = split_object_url(ipath, "path/to/archive.idx.npy")
             self._index_store, self._index_key = open_store(base, **storage_options), key
         else:
-            p = _local(ipath)
+            p = local_path(ipath)
             self._index_store, self._index_key = LocalStore(p.parent), p.name
         key = self._index_key
         self._meta_key = (key[:-4] if key.endswith(".npy") else key) + ".json"

@@ -15,6 +15,8 @@ import asyncio
 from abc import ABC, abstractmethod
 from typing import Any, Callable, Iterator
 
+from .url import parse_store_url
+
 __all__ = ["ByteStore", "ByteRange", "register_store", "open_store", "STORE_REGISTRY"]
 
 # (offset, length) in bytes.
@@ -62,13 +64,21 @@ STORE_REGISTRY: dict[str, Callable[..., ByteStore]] = {}
 
 
 def register_store(scheme: str, factory: Callable[..., ByteStore]) -> None:
-    """Register a store for URLs ``<scheme>://...``; ``factory(url, **options)`` builds it."""
+    """Register a store for URLs ``<scheme>://...``; ``factory(url, **options)`` builds it.
+
+    A scheme is registered once: a second registration (two modules claiming one scheme, or a
+    module imported twice under two names) is refused instead of silently replacing the first.
+    """
+    existing = STORE_REGISTRY.get(scheme)
+    if existing is not None:
+        raise ValueError(f"a store is already registered for {scheme!r} URLs "
+                         f"({existing.__module__}.{existing.__qualname__}); pick another scheme")
     STORE_REGISTRY[scheme] = factory
 
 
 def open_store(url: str, **options: Any) -> ByteStore:
     """``s3://bucket/prefix`` or a local path / ``file://`` URL."""
-    scheme = url.split("://", 1)[0] if "://" in url else "file"
+    scheme = parse_store_url(url).scheme
     try:
         factory = STORE_REGISTRY[scheme]
     except KeyError:

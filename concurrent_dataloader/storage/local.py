@@ -8,6 +8,7 @@ from typing import Any, Iterator
 
 from .._atomic import atomic_write_bytes
 from .base import ByteRange, ByteStore, register_store
+from .url import local_path
 
 __all__ = ["LocalStore"]
 
@@ -87,7 +88,7 @@ class LocalStore(ByteStore):
 
 
 def _from_url(url: str, **options: Any) -> LocalStore:
-    return LocalStore(url[len("file://"):] if url.startswith("file://") else url, **options)
+    return LocalStore(local_path(url), **options)
 
 
 register_store("file", _from_url)

@@ -129,7 +129,9 @@ class _Output:
     """Where shards go: a local directory (temp file + rename) or a store URL (one PUT)."""
 
     def __init__(self, output: str, storage_options: dict) -> None:
-        self.remote = "://" in output and not output.startswith("file://")
+        from ..storage.url import is_remote_url, local_path
+
+        self.remote = is_remote_url(output)
         if self.remote:
             from ..storage import open_store
 
@@ -137,7 +139,7 @@ class _Output:
             self.dir = Path(tempfile.gettempdir())
         else:
             self.store = None
-            self.dir = Path(output[len("file://"):] if output.startswith("file://") else output)
+            self.dir = local_path(output)
             self.dir.mkdir(parents=True, exist_ok=True)
         self.output = output
 

@@ -342,6 +342,4 @@ class ConvertedReader(ConcurrentDataset):
 
 
 def open_dataset_store(url: str, options: dict[str, Any]) -> ByteStore:
-    if url.startswith("s3://"):
-        from ...storage import s3  # noqa: F401  (registers the "s3" scheme)
-    return open_store(url, **options)
+    return open_store(url, **options)  # importing storage registered every scheme
