@@ -1,6 +1,6 @@
 """The concurrent DataLoader: worker loop, fetchers, batch pool and the fetch/decode protocol."""
 
-from .config import FETCH_IMPLS, FetchConfig
+from .config import FETCH_IMPLS, FetchConfig, FetchImpl
 from .dataloader import DataLoader
 from .fetchers import AsyncioFetcher, BatchHandle, SampleFetcher, ThreadedFetcher, make_fetcher
 from .getitems import ConcurrentGetitems, ConcurrentGetitemsMixin, concurrent_getitems
@@ -8,7 +8,7 @@ from .protocol import ConcurrentDataset, SupportsFetchDecode, is_fetch_decode
 from .worker import _worker_loop  # noqa: F401  private: the seed's patch target, not public API
 
 __all__ = [
-    "FETCH_IMPLS", "FetchConfig", "DataLoader", "AsyncioFetcher", "BatchHandle", "SampleFetcher",
+    "FETCH_IMPLS", "FetchConfig", "FetchImpl", "DataLoader", "AsyncioFetcher", "BatchHandle", "SampleFetcher",
     "ThreadedFetcher", "make_fetcher", "ConcurrentGetitems", "ConcurrentGetitemsMixin",
     "concurrent_getitems", "ConcurrentDataset", "SupportsFetchDecode", "is_fetch_decode",
 ]

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, Literal, get_args
 
 from ..errors import ConfigError
 
-__all__ = ["FetchConfig", "FETCH_IMPLS"]
+__all__ = ["FetchConfig", "FETCH_IMPLS", "FetchImpl"]
 
-FETCH_IMPLS = ("threaded", "asyncio")
+FetchImpl = Literal["threaded", "asyncio"]
+FETCH_IMPLS: tuple[FetchImpl, ...] = get_args(FetchImpl)
 
 
 def _positive_int(name: str, value: Any) -> int:
@@ -27,7 +28,7 @@ class FetchConfig:
     The default budget, 256 in flight, is about S3's documented 5,500 GET/s per prefix at ~50 ms."""
 
     num_fetch_workers: int | str = 16
-    fetch_impl: str = "threaded"
+    fetch_impl: FetchImpl = "threaded"
     batch_pool: int = 2
     max_fetch_workers: int = 64
     fetch_budget: int = 256

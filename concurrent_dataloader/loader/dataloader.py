@@ -3,22 +3,26 @@
 from __future__ import annotations
 
 import weakref
-from typing import Any
+from typing import Any, TypeVar
 
 import torch.utils.data
+from torch.utils.data import Dataset
 
 from .. import telemetry
 from . import _torch_compat
 from .adaptive import SharedBudget
-from .config import FetchConfig
+from .config import FetchConfig, FetchImpl
 from .fetchers import SampleFetcher, make_fetcher
 from .resume import STATE_VERSION, ResumableIndexSampler, capture_rng, restore_rng, validate_state
 from .worker import _worker_loop
 
 __all__ = ["DataLoader"]
 
+# As torch's: ``DataLoader[T]`` is generic in what a batch is (typing only; never checked).
+_T_co = TypeVar("_T_co", covariant=True)
 
-class DataLoader(torch.utils.data.DataLoader):
+
+class DataLoader(torch.utils.data.DataLoader[_T_co]):
     """A drop-in ``torch.utils.data.DataLoader`` whose workers fetch many samples at once.
 
     Every torch argument keeps its meaning. Three are added:
@@ -36,8 +40,9 @@ class DataLoader(torch.utils.data.DataLoader):
     Map-style datasets get the concurrency; an ``IterableDataset`` behaves exactly as in torch.
     """
 
-    def __init__(self, dataset: Any, *args: Any, num_fetch_workers: int | str = 16, fetch_impl: str = "threaded",
-                 batch_pool: int = 2, max_fetch_workers: int = 64, fetch_budget: int = 256, **kwargs: Any) -> None:
+    def __init__(self, dataset: Dataset[_T_co], *args: Any, num_fetch_workers: int | str = 16,
+                 fetch_impl: FetchImpl = "threaded", batch_pool: int = 2, max_fetch_workers: int = 64,
+                 fetch_budget: int = 256, **kwargs: Any) -> None:
         config = FetchConfig(num_fetch_workers=num_fetch_workers, fetch_impl=fetch_impl, batch_pool=batch_pool,
                              max_fetch_workers=max_fetch_workers, fetch_budget=fetch_budget)
         super().__init__(dataset, *args, **kwargs)
@@ -69,7 +74,7 @@ class DataLoader(torch.utils.data.DataLoader):
         return self.fetch_config.num_fetch_workers
 
     @property
-    def fetch_impl(self) -> str:
+    def fetch_impl(self) -> FetchImpl:
         return self.fetch_config.fetch_impl
 
     @property

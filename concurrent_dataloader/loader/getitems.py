@@ -12,7 +12,7 @@ from typing import Any, Sequence
 from torch.utils.data import Dataset
 
 from .._process_local import ProcessLocal, drop_process_local
-from .config import FetchConfig
+from .config import FetchConfig, FetchImpl
 from .fetchers import SampleFetcher, make_fetcher
 from .protocol import same_as_per_sample
 from .wrappers import plain_wrapper, register_plain_wrapper
@@ -30,7 +30,7 @@ class ConcurrentGetitemsMixin:
     """
 
     num_fetch_workers: int = 16
-    fetch_impl: str = "threaded"
+    fetch_impl: FetchImpl = "threaded"
 
     def _cdl_new_fetcher(self) -> SampleFetcher:
         config = FetchConfig(num_fetch_workers=self.num_fetch_workers, fetch_impl=self.fetch_impl)
@@ -61,7 +61,7 @@ class ConcurrentGetitemsMixin:
 class ConcurrentGetitems(ConcurrentGetitemsMixin, Dataset):
     """Wraps any map-style dataset; ``__getitem__``/``__len__`` and the fetch/decode methods delegate."""
 
-    def __init__(self, dataset: Any, num_fetch_workers: int = 16, fetch_impl: str = "threaded") -> None:
+    def __init__(self, dataset: Any, num_fetch_workers: int = 16, fetch_impl: FetchImpl = "threaded") -> None:
         FetchConfig(num_fetch_workers=num_fetch_workers, fetch_impl=fetch_impl)  # validate early
         self.dataset = dataset
         self.num_fetch_workers = num_fetch_workers
@@ -87,6 +87,7 @@ class ConcurrentGetitems(ConcurrentGetitemsMixin, Dataset):
 register_plain_wrapper(ConcurrentGetitems, lambda ds, index: (ds.dataset, index))
 
 
-def concurrent_getitems(dataset: Any, num_fetch_workers: int = 16, fetch_impl: str = "threaded") -> ConcurrentGetitems:
+def concurrent_getitems(dataset: Any, num_fetch_workers: int = 16,
+                       fetch_impl: FetchImpl = "threaded") -> ConcurrentGetitems:
     """Return ``dataset`` wrapped so that the stock torch DataLoader loads each batch concurrently."""
     return ConcurrentGetitems(dataset, num_fetch_workers=num_fetch_workers, fetch_impl=fetch_impl)
