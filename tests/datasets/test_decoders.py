@@ -348,3 +348,50 @@ def test_decode_batch_on_cuda_matches_cpu(tmp_path):
         assert (img.cpu().int() - cpu.int()).abs().float().mean() < 1.0
     t = decode_batch(encoded, device="cuda", transform=train_transform(32))
     assert t.shape == (4, 3, 32, 32) and t.device.type == "cuda"
+
+
+# ------------------------------------------------------------------ converted readers of encoded bytes
+@pytest.mark.parametrize("fmt", ["parquet", "ipc", "tar"])
+def test_converted_readers_torchvision(tmp_path, fmt):
+    from concurrent_dataloader.formats.converted import get_format, open_converted
+
+    names = ["jpeg_rgb", "jpeg_cmyk", "png_palette", "jpeg_gray", "png_rgba"]
+    src = tmp_path / "src"
+    for i, n in enumerate(names + ["broken"]):
+        d = src / f"class_{i % 2}"
+        d.mkdir(parents=True, exist_ok=True)
+        (d / f"img_{i}.jpg").write_bytes(CASES[n] if n != "broken" else BAD["jpeg_truncated"])
+    out = tmp_path / fmt
+    get_format(fmt).converter(str(src), str(out), 4, 2, progress=False, verify_images=False).convert()
+    pil = open_converted(out)
+    tv = open_converted(out, decoder="torchvision")
+    assert tv.decoder == "torchvision"
+    broken = None
+    for i in range(len(pil)):
+        try:
+            a, ya = pil[i]
+        except DataFormatError as exc:
+            broken = (i, str(exc))
+            continue
+        b, yb = tv[i]
+        assert ya == yb and torch.equal(b, pil_to_tensor(a.convert("RGB")))
+    assert broken is not None and "cannot decode image (OSError: image file is truncated" in broken[1]
+    with pytest.raises(DataFormatError) as info:
+        tv[broken[0]]
+    assert str(info.value) == broken[1]  # same message, naming the file and the record/member
+    with DataLoader(tv, batch_size=2, num_workers=0, collate_fn=lambda b: b) as loader, \
+            pytest.raises(DataFormatError) as info:
+        list(loader)
+    assert f"index {broken[0]}" in "\n".join(getattr(info.value, "__notes__", []))
+
+
+def test_converted_fixed_size_readers_refuse_a_decoder(tmp_path):
+    from concurrent_dataloader.formats.converted import get_format
+
+    src = tmp_path / "src" / "class_0"
+    src.mkdir(parents=True)
+    (src / "a.jpg").write_bytes(CASES["jpeg_rgb"])
+    get_format("memmap").converter(str(tmp_path / "src"), str(tmp_path / "m"), 4, 2, progress=False,
+                                   shape=(8, 8), im_mode="RGB").convert()
+    with pytest.raises(ConfigError, match="does not decode encoded images"):
+        get_format("memmap").reader(str(tmp_path / "m"), decoder="torchvision")

@@ -23,6 +23,7 @@ class DenseIpcConverter(IpcConverter):
     kept as they are, decoded ones (PIL images, arrays) are stored as lossless PNG."""
 
     format_name = "dense_ipc"
+    accepts_decoder = False  # image and label map are decoded together, with PIL
     dense = True
     label_type = "binary"
 

@@ -146,6 +146,7 @@ class IpcReader(ConvertedReader):
     image_ext = "arrow"
     label_ext = "arrow"
     fixed_size = False
+    accepts_decoder = True
 
     def _setup(self) -> None:
         if self.metadata.get("format") is None:  # a seed conversion: IPC files named .parquet
@@ -191,7 +192,8 @@ class IpcReader(ConvertedReader):
 
     def _decode(self, raw: tuple) -> tuple[Any, int]:
         n, j, _, label = raw
-        return open_image(self.image_bytes(raw), f"{self.store.describe(self.image_key(n))} [record batch {j}]"), label
+        where = f"{self.store.describe(self.image_key(n))} [record batch {j}]"
+        return open_image(self.image_bytes(raw), where, self.decoder), label
 
 
 register_format("ipc", IpcConverter, IpcReader,

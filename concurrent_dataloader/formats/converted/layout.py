@@ -71,11 +71,18 @@ def array_shape(shape: Sequence[int], mode: str, table: dict[str, int] = IMAGE_M
 
 
 
-def open_image(data: bytes, where: str) -> Any:
-    """Decode fully (so truncation shows up here, not later) or raise naming ``where``."""
+def open_image(data: bytes, where: str, decoder: str = "pil") -> Any:
+    """Decode fully (so truncation shows up here, not later) or raise naming ``where``.
+
+    ``decoder="pil"``: the ``PIL.Image`` in its stored mode; otherwise the registry's decoder
+    (``decoding.decode_image``, e.g. a uint8 CHW RGB tensor for ``"torchvision"``)."""
     from PIL import Image
 
     try:
+        if decoder != "pil":
+            from ...decoding import decode_image
+
+            return decode_image(data, decoder)
         img = Image.open(io.BytesIO(data))
         img.load()
         return img

@@ -117,6 +117,7 @@ class ParquetReader(ConvertedReader):
     image_ext = "parquet"
     label_ext = "parquet"
     fixed_size = False
+    accepts_decoder = True
     # Row groups of more than one row are cached (whole column chunks): this many per process.
     row_group_cache = 2
 
@@ -239,7 +240,7 @@ class ParquetReader(ConvertedReader):
     def _decode(self, raw: tuple) -> tuple[Any, int]:
         n, rg, row, _, label = raw
         where = f"{self.store.describe(self.image_key(n))} [row group {rg}, row {row}]"
-        return open_image(self.image_bytes(raw), where), label
+        return open_image(self.image_bytes(raw), where, self.decoder), label
 
 
 register_format("parquet", ParquetConverter, ParquetReader,

@@ -11,6 +11,7 @@ import os
 from typing import Any, Callable, ClassVar
 
 from ..._process_local import ProcessLocal, drop_process_local
+from ...decoding import check_decoder
 from ...errors import ConfigError, DataFormatError
 from ...loader.protocol import ConcurrentDataset
 from ...storage.base import ByteStore, open_store
@@ -53,6 +54,8 @@ class ConvertedReader(ConcurrentDataset):
     ``dataset_path`` is a directory or a URL (``s3://bucket/prefix``; ``storage_options`` go to
     :func:`open_store`, e.g. ``endpoint_url`` and credentials); or pass ``store=`` directly.
     Items are ``(image, label)`` with ``transform``/``target_transform`` applied.
+    ``decoder`` (readers of encoded bytes: parquet, ipc, tar): ``"pil"`` (a ``PIL.Image`` in the
+    stored mode) or ``"torchvision"`` (a uint8 CHW RGB tensor, see :mod:`concurrent_dataloader.decoding`).
 
     It implements the fetch/decode protocol: ``fetch_raw`` reads only one sample's bytes
     (a ranged read for memmap/HDF5, one row group's column chunk for Parquet, one record
@@ -70,10 +73,18 @@ class ConvertedReader(ConcurrentDataset):
     # Formats whose metadata.json may name another (compatible) format.
     accepts_formats: ClassVar[tuple[str, ...]] = ()
     fixed_size: ClassVar[bool] = True
+    # Readers whose samples are encoded image bytes (the decoder registry applies to them).
+    accepts_decoder: ClassVar[bool] = False
 
     def __init__(self, dataset_path: str | os.PathLike | None = None, transform: Callable | None = None,
                  target_transform: Callable | None = None, *, store: ByteStore | None = None,
-                 storage_options: dict[str, Any] | None = None, check_files: bool = False) -> None:
+                 storage_options: dict[str, Any] | None = None, check_files: bool = False,
+                 decoder: str = "pil") -> None:
+        check_decoder(decoder)
+        if decoder != "pil" and not self.accepts_decoder:
+            raise ConfigError(f"{type(self).__name__} does not decode encoded images; decoder={decoder!r} applies to "
+                              "the readers of encoded bytes (parquet, ipc, tar)")
+        self.decoder = decoder
         if store is None:
             if dataset_path is None:
                 raise ConfigError(f"{type(self).__name__} needs dataset_path (a directory or s3:// URL) or store=")

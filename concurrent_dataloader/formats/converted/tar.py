@@ -95,6 +95,7 @@ class TarReader(ConvertedReader):
     image_ext = "tar"
     label_ext = "json"
     fixed_size = False
+    accepts_decoder = True
 
     def _load_file_info(self, n: int) -> _TarInfo:
         key = self.image_key(n)
@@ -160,7 +161,7 @@ class TarReader(ConvertedReader):
 
     def _decode(self, raw: tuple) -> tuple[Any, int]:
         n, j, data, label = raw
-        return open_image(data, f"{self.store.describe(self.image_key(n))} [member {j}]"), label
+        return open_image(data, f"{self.store.describe(self.image_key(n))} [member {j}]", self.decoder), label
 
 
 register_format("tar", TarConverter, TarReader,
