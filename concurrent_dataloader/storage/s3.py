@@ -24,6 +24,7 @@ from typing import Any, Iterator
 
 from ._seal import ensure_key, seal, unseal
 from .base import ByteRange, ByteStore, register_store
+from .url import parse_store_url
 from .retry import RetryCounters, RetryPolicy
 
 __all__ = [
@@ -106,13 +107,12 @@ def check_max_object_bytes(value: int | None) -> int | None:
 
 def parse_s3_url(url: str) -> tuple[str, str]:
     """``s3://bucket/some/prefix`` -> ``("bucket", "some/prefix")``."""
-    if not url.startswith("s3://"):
+    u = parse_store_url(url)
+    if u.scheme != "s3":
         raise ValueError(f"not an s3:// URL: {url!r}")
-    rest = url[len("s3://"):]
-    bucket, _, key = rest.partition("/")
-    if not bucket:
+    if not u.bucket:
         raise ValueError(f"s3 URL has no bucket: {url!r}")
-    return bucket, key
+    return u.bucket, u.key
 
 
 def mask_access_key(access_key: str | None) -> str:

@@ -33,6 +33,7 @@ from xml.etree import ElementTree
 
 from ._seal import ensure_key, seal, unseal
 from .base import ByteRange, ByteStore, register_store
+from .url import parse_store_url
 from .retry import RetryCounters, RetryPolicy
 from .s3 import (BucketNotFoundError, ObjectNotFoundError, S3AccessDeniedError, S3Error, check_max_object_bytes,
                  mask_access_key)
@@ -882,9 +883,8 @@ class LeanS3Store(ByteStore):
 
 
 def _from_url(url: str, **options: Any) -> LeanS3Store:
-    rest = url.split("://", 1)[1]
-    bucket, _, prefix = rest.partition("/")
-    return LeanS3Store(bucket, prefix, **options)
+    u = parse_store_url(url)
+    return LeanS3Store(u.bucket, u.key, **options)
 
 
 register_store("s3lean", _from_url)
