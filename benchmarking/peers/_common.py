@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable
 
 __all__ = ["Spec", "SpecError", "Recipe", "main", "s3_client", "download_images", "upload_dir", "prepared_tag",
-           "is_prepared", "mark_prepared", "timed_epoch", "fresh_dir", "log"]
+           "is_prepared", "mark_prepared", "timed_epoch", "fresh_dir", "log", "write_order"]
 
 OK, FAILED, USAGE, NOT_INSTALLED = 0, 1, 2, 3
 _REQUIRED = ("endpoint", "bucket", "access_key", "secret_key", "index", "workdir", "peer_prefix",
@@ -245,10 +245,23 @@ def upload_dir(spec: Spec, client: Any, local: Path, threads: int = 8) -> tuple[
     return len(sizes), sum(sizes)
 
 
+def write_order(spec: Spec) -> list[int]:
+    """The order the shard writers store the images in: a seeded permutation of the index.
+
+    The peers' docs advise shuffling before writing shards when the source is ordered (ImageNet
+    and our synthetic set are class by class); a shard reader's shuffle buffer cannot undo it.
+    """
+    import random
+
+    order = list(range(len(spec.entries())))
+    random.Random(spec.seed).shuffle(order)
+    return order
+
+
 def prepared_tag(spec: Spec, peer: str, version: str) -> dict[str, Any]:
     entries = spec.entries()
     return {"peer": peer, "version": version, "images": len(entries), "shard_size": spec.shard_size,
-            "first": entries[0][0], "last": entries[-1][0]}
+            "first": entries[0][0], "last": entries[-1][0], "write_order": f"shuffled, seed {spec.seed}"}
 
 
 def _marker(spec: Spec, peer: str) -> str:
@@ -325,14 +338,18 @@ def _emit(obj: dict[str, Any]) -> None:
 def _scrub(text: str, spec: Spec | None) -> str:
     if spec is not None:
         for secret in (spec.secret_key, spec.access_key):
-            if secret:
+            if secret and len(secret) >= 4:  # a 1-letter test key would blank out every such letter
                 text = text.replace(secret, "***")
     return text
 
 
-def main(peer: str, *, module: str, dist: str, prepare: Callable[[Spec, str], dict[str, Any]],
-         run: Callable[[Spec, str], dict[str, Any]], argv: list[str] | None = None) -> int:
-    """``python -m benchmarking.peers.<peer> prepare|run|version --spec SPEC.json``."""
+def main(peer: str, *, module: str, dist: str, argv: list[str] | None = None) -> int:
+    """``python -m benchmarking.peers.<peer> prepare|run|version --spec SPEC.json``.
+
+    ``prepare`` and ``run`` are taken from ``benchmarking.peers.<peer>`` imported by name (not from
+    ``__main__``), so the classes a runner hands to its DataLoader pickle under an importable name
+    for spawned or forkserver workers.
+    """
     p = argparse.ArgumentParser(prog=f"python -m benchmarking.peers.{peer}")
     p.add_argument("action", choices=("prepare", "run", "version"))
     p.add_argument("--spec", help="SPEC.json written by the harness (see benchmarking/peers/README.md)")
@@ -364,8 +381,11 @@ def main(peer: str, *, module: str, dist: str, prepare: Callable[[Spec, str], di
         import torch
 
         torch.set_num_threads(1)  # as in DataLoader workers: no spinning OpenMP threads on a shared box
+        import importlib
+
+        runner = importlib.import_module(f"benchmarking.peers.{peer}")
         t0 = time.perf_counter()
-        result = (prepare if args.action == "prepare" else run)(spec, version)
+        result = getattr(runner, args.action)(spec, version)
         if args.action == "prepare":
             result.setdefault("prepare_s", round(time.perf_counter() - t0, 3))
     except Exception as e:  # noqa: BLE001 - the harness needs the reason as JSON, not a traceback

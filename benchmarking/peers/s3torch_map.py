@@ -54,4 +54,4 @@ def run(spec: Spec, version: str) -> dict[str, Any]:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main(PEER, module="s3torchconnector", dist="s3torchconnector", prepare=prepare, run=run))
+    raise SystemExit(main(PEER, module="s3torchconnector", dist="s3torchconnector"))

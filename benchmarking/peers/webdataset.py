@@ -19,7 +19,7 @@ from typing import Any
 
 from benchmarking.peers._common import (Recipe, Spec, download_images, fresh_dir, is_prepared, log,
                                         loader_kwargs, mark_prepared, main, prepared_tag, s3_client, timed_epoch,
-                                        upload_dir)
+                                        upload_dir, write_order)
 
 PEER = "webdataset"
 PATTERN = "shard-%06d.tar"
@@ -39,7 +39,8 @@ def prepare(spec: Spec, version: str) -> dict[str, Any]:
     files = download_images(spec, client)
     out = fresh_dir(spec.workpath("out"))
     with wds.ShardWriter(str(out / PATTERN), maxcount=spec.shard_size, verbose=0) as sink:
-        for n, (path, label) in enumerate(files):
+        for n in write_order(spec):
+            path, label = files[n]
             sink.write({"__key__": f"{n:08d}", "jpg": path.read_bytes(), "cls": label})
     objects, nbytes = upload_dir(spec, client, out)
     if objects != shard_count(spec):
@@ -69,7 +70,8 @@ def run(spec: Spec, version: str) -> dict[str, Any]:
         return wds.WebLoader(ds, batch_size=None, **loader_kwargs(spec))
 
     out = timed_epoch(build)
-    out["sampling"] = f"shuffle buffer {spec.shuffle_buffer} (+ shard shuffle, {n_shards} shards)"
+    out["sampling"] = (f"shuffle buffer {spec.shuffle_buffer} (+ shard shuffle, {n_shards} shards "
+                       "written in shuffled order)")
     out["settings"] = {"shards": n_shards, "shard_size": spec.shard_size, "shardshuffle": n_shards,
                        "shuffle_buffer": spec.shuffle_buffer, "batching": "in workers (WebLoader batch_size=None)",
                        "transport": "HTTP GET via webdataset gopen (curl)", **loader_kwargs(spec),
@@ -78,4 +80,4 @@ def run(spec: Spec, version: str) -> dict[str, Any]:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main(PEER, module="webdataset", dist="webdataset", prepare=prepare, run=run))
+    raise SystemExit(main(PEER, module="webdataset", dist="webdataset"))
