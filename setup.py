@@ -6,7 +6,8 @@ EXTRAS = {
     "s3": ["aiobotocore>=2.13", "boto3>=1.34", "botocore>=1.34", "aiofiles>=23.1", "uvloop>=0.19; sys_platform != 'win32'"],
     "formats": ["h5py>=3.8", "pyarrow>=14", "crc32c>=2.3", "braceexpand>=0.1.7"],
     "bench": ["matplotlib>=3.7", "PyYAML>=6", "tqdm>=4.60", "psutil>=5.9", "s3torchconnector>=1.5"],
-    "dev": ["pytest>=8", "pytest-asyncio>=0.23", "pytest-timeout>=2.2", "moto[server]>=5", "hypothesis>=6", "psutil>=5.9"],
+    "dev": ["pytest>=8", "pytest-asyncio>=0.23", "pytest-timeout>=2.2", "moto[server]>=5", "hypothesis>=6", "psutil>=5.9",
+            "trustme>=1.1"],
 }
 EXTRAS["all"] = sorted({req for reqs in EXTRAS.values() for req in reqs})
 

@@ -32,10 +32,78 @@ CLIENTS = ("botocore", "aiobotocore", "lean-sync", "lean-async")
 _CREDS = {"aws_access_key_id": "bench", "aws_secret_access_key": "bench-secret", "region_name": "us-east-1"}
 
 
-def _lean_store(endpoint: str, bucket: str, concurrency: int):
+class TLSFront:
+    """HTTPS on ``127.0.0.1`` in front of a plain-HTTP server: TLS is terminated here and the bytes
+    are piped to ``upstream`` (``http://host:port``). Real S3 is HTTPS, so the clients' CPU per GET
+    is measured over TLS too; the front runs in its own thread (in the parent process of the
+    client being measured, so its CPU is not counted for the client).
+
+    ``certfile``/``keyfile``: the server certificate (tests and the benchmark make one with
+    ``trustme``); ``endpoint_url`` is ``https://127.0.0.1:PORT``.
+    """
+
+    def __init__(self, upstream: str, certfile: str, keyfile: str, host: str = "127.0.0.1") -> None:
+        import ssl
+        import threading
+        from urllib.parse import urlsplit
+
+        parts = urlsplit(upstream)
+        self._upstream = (parts.hostname, parts.port)
+        self._ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        self._ctx.load_cert_chain(certfile, keyfile)
+        self._host = host
+        self._loop = asyncio.new_event_loop()
+        self._server: Any = None
+        self._thread = threading.Thread(target=self._loop.run_forever, name="tls-front", daemon=True)
+        self._thread.start()
+        self._server = asyncio.run_coroutine_threadsafe(
+            asyncio.start_server(self._pipe, host, 0, ssl=self._ctx), self._loop).result(30)
+        self.port = self._server.sockets[0].getsockname()[1]
+        self.endpoint_url = f"https://{host}:{self.port}"
+
+    async def _pipe(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            up_reader, up_writer = await asyncio.open_connection(*self._upstream)
+        except OSError:
+            writer.close()
+            return
+
+        async def copy(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
+            try:
+                while data := await src.read(256 * 1024):
+                    dst.write(data)
+                    await dst.drain()
+            except (OSError, asyncio.IncompleteReadError):
+                pass
+            finally:
+                dst.close()
+
+        await asyncio.gather(copy(reader, up_writer), copy(up_reader, writer))
+
+    def close(self) -> None:
+        async def stop() -> None:
+            self._server.close()
+            for task in [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]:
+                task.cancel()
+
+        if self._loop.is_running():
+            asyncio.run_coroutine_threadsafe(stop(), self._loop).result(30)
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            self._thread.join(30)
+        self._loop.close()
+
+    def __enter__(self) -> "TLSFront":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _lean_store(endpoint: str, bucket: str, concurrency: int, verify: Any = None):
     from concurrent_dataloader.storage.s3_http import LeanS3Store
 
-    return LeanS3Store(bucket, endpoint_url=endpoint, max_pool_connections=max(64, concurrency), **_CREDS)
+    return LeanS3Store(bucket, endpoint_url=endpoint, max_pool_connections=max(64, concurrency), verify=verify,
+                       **_CREDS)
 
 
 async def _lean_async_run(store: Any, keys: list[str], n: int, concurrency: int) -> int:

@@ -68,7 +68,8 @@ def get_dataset(dataset: str, dataset_type: str = "train", limit: int | None = N
                 root: str | os.PathLike | None = None,
                 bucket: str | None = None, prefix: str = "",
                 endpoint_url: str | None = None, region_name: str | None = None,
-                addressing_style: str | None = None,
+                addressing_style: str | None = None, profile_name: str | None = None,
+                verify: bool | str | None = None,
                 aws_access_key_id: str | None = None, aws_secret_access_key: str | None = None,
                 max_pool_connections: int = DEFAULT_MAX_POOL_CONNECTIONS, retry: RetryPolicy | None = None,
                 cache_dir: str | os.PathLike | None = None, cache_max_bytes: int = DEFAULT_CACHE_MAX_BYTES,
@@ -96,12 +97,14 @@ def get_dataset(dataset: str, dataset_type: str = "train", limit: int | None = N
         optionally ``bucket_name``, ``endpoint_url``, ``region_name`` and ``*_download_url``.
         Key precedence: explicit ``aws_*`` arguments, this file, the environment, ``~/.aws``.
 
-    S3 options (``endpoint_url``, ``region_name``, ``addressing_style``, ``max_pool_connections``,
-    ``retry``) point the dataset at MinIO/Ceph/moto; arguments win over the credential file.
+    S3 options (``endpoint_url``, ``region_name``, ``addressing_style``, ``profile_name``,
+    ``verify``, ``max_pool_connections``, ``retry``) point the dataset at MinIO/Ceph/moto;
+    arguments win over the credential file, which wins over botocore's own settings
+    (``AWS_ENDPOINT_URL_S3``, ``AWS_ENDPOINT_URL``, the profile's ``endpoint_url``...).
     ``max_object_bytes`` refuses larger objects (before reading them); ``verify_etag`` checks each
     whole-object body against its MD5 ETag (off by default: SSE-KMS ETags are not MD5s).
     ``s3_client``: ``"botocore"`` (boto3/aiobotocore) or ``"lean"`` (our SigV4 client, ~10x less
-    CPU per GET; path-style addressing and static keys only), see :class:`S3ImageDataset`.
+    CPU per GET; same endpoint, addressing, TLS and credential settings), see :class:`S3ImageDataset`.
     ``decoder``: ``"pil"`` (default; samples are RGB ``PIL.Image`` objects) or ``"torchvision"`` (``uint8``
     CHW RGB tensors, for :mod:`concurrent_dataloader.transforms`); ``decode_device="cuda"`` leaves
     decoding to the main process (see docs/decode.md).
@@ -128,6 +131,8 @@ def get_dataset(dataset: str, dataset_type: str = "train", limit: int | None = N
         for name, value in (("endpoint_url", endpoint_url or creds.endpoint_url),
                             ("region_name", region_name or creds.region_name),
                             ("addressing_style", addressing_style),
+                            ("profile_name", profile_name),
+                            ("verify", verify),
                             ("max_object_bytes", max_object_bytes),
                             ("verify_etag", verify_etag or None)):
             if value is not None:

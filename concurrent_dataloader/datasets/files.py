@@ -238,6 +238,7 @@ class S3Credentials:
     region_name: str | None = None
     download_urls: dict[str, str] = field(default_factory=dict)
     source: str = "default credential chain"
+    credential_file: str | None = None  # set when the keys come from this seed credential file
 
     def __repr__(self) -> str:
         from ..storage.s3 import mask_access_key
@@ -248,9 +249,17 @@ class S3Credentials:
     __str__ = __repr__
 
     def client_options(self) -> dict[str, Any]:
-        """Keyword arguments for :class:`~concurrent_dataloader.storage.S3Store` (contains the secret)."""
+        """Keyword arguments for :class:`~concurrent_dataloader.storage.S3Store` saying where the keys are.
+
+        Keys given explicitly are passed as they are (and so travel in the store's pickle). Keys
+        from the credential file are passed as the file's path, and keys from the environment or
+        ``~/.aws`` as nothing at all: each process resolves them itself (botocore's chain, which
+        has the same order as steps 3 to 5 of :func:`resolve_credentials`), and no secret travels.
+        """
         out: dict[str, Any] = {}
-        if self.aws_access_key_id is not None:
+        if self.credential_file is not None:
+            out["credential_file"] = self.credential_file
+        elif self.aws_access_key_id is not None and self.source == "explicit arguments":
             out["aws_access_key_id"] = self.aws_access_key_id
             out["aws_secret_access_key"] = self.aws_secret_access_key
             if self.aws_session_token:
@@ -288,7 +297,14 @@ def load_credential_file(path: str | os.PathLike) -> S3Credentials:
     return S3Credentials(aws_access_key_id=key_id, aws_secret_access_key=secret,
                          aws_session_token=data.get("aws_session_token"), bucket_name=data.get("bucket_name"),
                          endpoint_url=data.get("endpoint_url"), region_name=data.get("region_name"),
-                         download_urls=urls, source=source)
+                         download_urls=urls, source=source,
+                         credential_file=_portable_location(path) if key_id is not None else None)
+
+
+def _portable_location(path: str | os.PathLike) -> str:
+    """An absolute path (a worker may run in another directory), or the s3:// URL as given."""
+    loc = os.fspath(path)
+    return loc if loc.startswith("s3://") else os.path.abspath(os.path.expanduser(loc))
 
 
 def _from_shared_file(env: Mapping[str, str]) -> S3Credentials | None:

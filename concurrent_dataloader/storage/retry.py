@@ -7,9 +7,13 @@ S3 store turns botocore's retries off (``total_max_attempts=1``) and wraps every
 :meth:`RetryPolicy.call` / :meth:`RetryPolicy.acall`, so every attempt shows up in
 :class:`RetryCounters`.
 
-What is retried: throttling (HTTP 429, ``SlowDown``, ``Throttling``...), server errors (HTTP
-5xx, ``InternalError``...), and connection errors (reset, refused, timeouts, a body cut short).
-Everything else (missing key, access denied, bad request) fails at once.
+What is retried is what the AWS SDKs' "standard" retry mode retries: throttling (HTTP 429 and
+the throttling codes ``SlowDown``, ``Throttling``, ``RequestLimitExceeded``...), transient
+server errors (HTTP 500, 502, 503 and 504, and the codes ``RequestTimeout``,
+``PriorRequestNotComplete``...), and connection errors (reset, refused, timeouts, a body cut
+short). ``ExpiredToken`` is retried once, and only after the caller's ``refresh`` callback got new
+credentials. Everything else fails at once: 501 ``NotImplemented``, every other 4xx (missing key,
+access denied, bad request).
 """
 
 from __future__ import annotations
@@ -25,7 +29,8 @@ from typing import Any, Awaitable, Callable, TypeVar
 from .. import telemetry
 from .._process_local import ProcessLocalValue
 
-__all__ = ["RetryPolicy", "RetryCounters", "classify_error", "THROTTLE_CODES", "SERVER_ERROR_CODES"]
+__all__ = ["RetryPolicy", "RetryCounters", "classify_error", "THROTTLE_CODES", "SERVER_ERROR_CODES",
+           "TRANSIENT_STATUS", "EXPIRED_CODES"]
 
 T = TypeVar("T")
 
@@ -34,10 +39,13 @@ THROTTLE_CODES = frozenset({
     "RequestThrottledException", "TooManyRequestsException", "RequestLimitExceeded",
     "ProvisionedThroughputExceededException", "BandwidthLimitExceeded", "EC2ThrottledException",
 })
+# Transient error codes (retried whatever the status), as in the SDKs' standard mode.
 SERVER_ERROR_CODES = frozenset({
-    "InternalError", "InternalFailure", "ServiceUnavailable", "RequestTimeout", "RequestTimeoutException",
-    "PriorConnectionError",
+    "RequestTimeout", "RequestTimeoutException", "PriorRequestNotComplete",
 })
+TRANSIENT_STATUS = frozenset({500, 502, 503, 504})
+# The credentials expired: retried once, after the caller refreshed them.
+EXPIRED_CODES = frozenset({"ExpiredToken", "ExpiredTokenException"})
 
 
 def _client_error_info(exc: BaseException) -> tuple[str, int | None] | None:
@@ -46,7 +54,10 @@ def _client_error_info(exc: BaseException) -> tuple[str, int | None] | None:
         return None
     code = str((response.get("Error") or {}).get("Code") or "")
     status = (response.get("ResponseMetadata") or {}).get("HTTPStatusCode")
-    return code, status if isinstance(status, int) else None
+    status = status if isinstance(status, int) else None
+    if not code and status is None:
+        return None
+    return code, status
 
 
 def _connection_error_types() -> tuple[type[BaseException], ...]:
@@ -91,15 +102,18 @@ def _rng() -> random.Random:
 
 
 def classify_error(exc: BaseException) -> str | None:
-    """``"throttle"``, ``"server"``, ``"connection"`` for retryable errors, ``None`` for the rest."""
+    """``"throttle"``, ``"server"``, ``"connection"`` for retryable errors, ``"expired"`` for
+    expired credentials (retried once after a refresh), ``None`` for the rest."""
     global _CONN_TYPES
     info = _client_error_info(exc)
     if info is not None:
         code, status = info
         if code in THROTTLE_CODES or status == 429:
             return "throttle"
-        if code in SERVER_ERROR_CODES or (status is not None and 500 <= status <= 599):
+        if code in SERVER_ERROR_CODES or status in TRANSIENT_STATUS:
             return "server"
+        if code in EXPIRED_CODES:
+            return "expired"
         return None
     if _CONN_TYPES is None:
         _CONN_TYPES = _connection_error_types()
@@ -153,6 +167,8 @@ class RetryCounters:
         return f"RetryCounters({self.snapshot()})"
 
 
+# Expired credentials have no counter of their own (the telemetry row is fixed); their one retry
+# counts in "retries".
 _CAUSE_FIELD = {"throttle": "throttled", "server": "server_errors", "connection": "connection_errors"}
 
 
@@ -195,12 +211,20 @@ class RetryPolicy:
         return _rng().uniform(0.0, cap)
 
     def _should_retry(self, exc: BaseException, attempt: int, counters: RetryCounters | None,
-                      started: float, delay: float) -> bool:
+                      started: float, delay: float, refresh: Callable[[], bool] | None, refreshed: list[bool]) -> bool:
         cause = self.classify(exc)
         if cause is None:
             return False
-        if counters is not None:
+        if counters is not None and cause in _CAUSE_FIELD:
             counters.add(_CAUSE_FIELD[cause])
+        if cause == "expired":
+            # NOTE: once per call, and only if the caller could get other credentials.
+            if refresh is None or refreshed[0] or not refresh():
+                return False
+            refreshed[0] = True
+            if counters is not None:
+                counters.add("retries")
+            return True
         elapsed = time.monotonic() - started
         out_of_time = self.max_elapsed is not None and elapsed + delay >= self.max_elapsed
         if attempt >= self.max_attempts or out_of_time:
@@ -213,9 +237,12 @@ class RetryPolicy:
             counters.add("retries")
         return True
 
-    def call(self, fn: Callable[[], T], counters: RetryCounters | None = None) -> T:
-        """Run ``fn()`` until it succeeds, fails permanently, or attempts run out."""
+    def call(self, fn: Callable[[], T], counters: RetryCounters | None = None,
+             refresh: Callable[[], bool] | None = None) -> T:
+        """Run ``fn()`` until it succeeds, fails permanently, or attempts run out. ``refresh()``
+        is called on expired credentials; it returns whether it got new ones (then one retry)."""
         attempt = 0
+        refreshed = [False]
         started = time.monotonic()
         while True:
             attempt += 1
@@ -225,13 +252,15 @@ class RetryPolicy:
             try:
                 return fn()
             except Exception as exc:
-                if not self._should_retry(exc, attempt, counters, started, delay):
+                if not self._should_retry(exc, attempt, counters, started, delay, refresh, refreshed):
                     raise
             time.sleep(delay)
 
-    async def acall(self, fn: Callable[[], Awaitable[T]], counters: RetryCounters | None = None) -> T:
+    async def acall(self, fn: Callable[[], Awaitable[T]], counters: RetryCounters | None = None,
+                    refresh: Callable[[], bool] | None = None) -> T:
         """The coroutine version of :meth:`call`: ``fn()`` returns a fresh awaitable per attempt."""
         attempt = 0
+        refreshed = [False]
         started = time.monotonic()
         while True:
             attempt += 1
@@ -241,6 +270,6 @@ class RetryPolicy:
             try:
                 return await fn()
             except Exception as exc:
-                if not self._should_retry(exc, attempt, counters, started, delay):
+                if not self._should_retry(exc, attempt, counters, started, delay, refresh, refreshed):
                     raise
             await asyncio.sleep(delay)

@@ -22,7 +22,7 @@ import threading
 import warnings
 from typing import Any, Iterator
 
-from ._seal import ensure_key, seal, unseal
+from .aws_config import CredentialSource
 from .base import ByteRange, ByteStore, register_store
 from .url import parse_store_url
 from .retry import RetryCounters, RetryPolicy
@@ -51,17 +51,36 @@ _AUTH_CODES = frozenset({
 
 
 class S3Error(OSError):
-    """Base for the S3 errors we translate; ``url`` is ``s3://bucket/key`` (never credentials)."""
+    """Base for the S3 errors we translate; ``url`` is ``s3://bucket/key`` (never credentials).
 
-    def __init__(self, message: str, url: str | None = None) -> None:
+    ``status`` (HTTP) and ``code`` (S3's error code, e.g. ``ExpiredToken``) say what the server
+    answered, when it answered; ``response`` gives them in botocore's shape, so the retry policy
+    (:func:`~.retry.classify_error`) treats a translated error like a botocore ``ClientError``.
+    """
+
+    def __init__(self, message: str, url: str | None = None, *, status: int = 0, code: str = "") -> None:
         super().__init__(message)
         self.url = url
+        self.status = status
+        self.code = code
+
+    @property
+    def response(self) -> dict[str, Any] | None:
+        if not self.status and not self.code:
+            return None
+        return {"Error": {"Code": self.code}, "ResponseMetadata": {"HTTPStatusCode": self.status or None}}
 
     def __str__(self) -> str:
         return str(self.args[0]) if self.args else ""
 
-    def __reduce__(self):  # keep url across pickling (worker -> main process)
-        return (type(self), (str(self), self.url))
+    def __reduce__(self):  # keep url, status and code across pickling (worker -> main process)
+        return (_rebuild_s3_error, (type(self), str(self), self.url, self.status, self.code), self.__dict__)
+
+
+def _rebuild_s3_error(cls: type, message: str, url: str | None, status: int, code: str) -> "S3Error":
+    exc = cls.__new__(cls)
+    S3Error.__init__(exc, message, url, status=status, code=code)
+    return exc
 
 
 class ObjectNotFoundError(S3Error, FileNotFoundError):
@@ -146,8 +165,16 @@ class S3Store(ByteStore):
         warning is emitted when more requests are in flight than connections.
     retry
         A :class:`RetryPolicy`; attempts and retries are counted in :attr:`retry_counters`.
-    addressing_style
-        ``"path"``, ``"virtual"`` or ``None`` (botocore's choice), for S3-compatible servers.
+    endpoint_url, region_name, addressing_style, verify
+        botocore's own settings and defaults: ``endpoint_url`` else ``AWS_ENDPOINT_URL_S3``,
+        ``AWS_ENDPOINT_URL`` or the profile's; ``addressing_style`` ``"path"``, ``"virtual"``,
+        ``"auto"`` or ``None`` (botocore's choice); ``verify`` ``None`` (``AWS_CA_BUNDLE`` or the
+        profile's ``ca_bundle``, else botocore's bundle), ``False``, or a CA-bundle path.
+    aws_access_key_id, aws_secret_access_key, aws_session_token, credential_file, profile_name
+        Keys given in code (they travel in the pickle sent to worker processes), or where each
+        process finds them: the seed's JSON ``credential_file``, else botocore's chain for
+        ``profile_name`` (environment, shared files, ``credential_process``, SSO, roles), which
+        refreshes expiring keys itself. Only the file path or profile name is pickled.
     max_object_bytes
         Refuse (:class:`~concurrent_dataloader.errors.ObjectTooLargeError`, naming the key) any GET
         whose body would be larger, before reading it. ``None``: no cap.
@@ -160,7 +187,8 @@ class S3Store(ByteStore):
     def __init__(self, bucket: str, prefix: str = "", *, endpoint_url: str | None = None,
                  region_name: str | None = None, addressing_style: str | None = None,
                  aws_access_key_id: str | None = None, aws_secret_access_key: str | None = None,
-                 aws_session_token: str | None = None,
+                 aws_session_token: str | None = None, credential_file: str | os.PathLike | None = None,
+                 profile_name: str | None = None,
                  max_pool_connections: int = DEFAULT_MAX_POOL_CONNECTIONS,
                  retry: RetryPolicy | None = None, connect_timeout: float = 10.0, read_timeout: float = 60.0,
                  verify: bool | str | None = None, list_page_size: int = 1000,
@@ -174,9 +202,6 @@ class S3Store(ByteStore):
         if isinstance(max_pool_connections, bool) or not isinstance(max_pool_connections, int) \
                 or max_pool_connections < 1:
             raise ConfigError(f"max_pool_connections must be an int >= 1, got {max_pool_connections!r}")
-        if (aws_access_key_id is None) != (aws_secret_access_key is None):
-            raise ConfigError("give both aws_access_key_id and aws_secret_access_key, or neither "
-                              "(to use the default credential chain)")
         self.bucket = bucket
         self.prefix = prefix.lstrip("/")
         self.endpoint_url = endpoint_url
@@ -190,12 +215,12 @@ class S3Store(ByteStore):
         self.list_page_size = list_page_size
         self.max_object_bytes = check_max_object_bytes(max_object_bytes)
         self.verify_etag = bool(verify_etag)
-        # Credentials live in a private dict that repr/describe never touch.
-        self._credentials = {"aws_access_key_id": aws_access_key_id,
-                             "aws_secret_access_key": aws_secret_access_key,
-                             "aws_session_token": aws_session_token}
-        if aws_secret_access_key is not None:
-            ensure_key()  # before any worker starts, so children inherit the sealing key
+        # NOTE: where the keys come from; repr/describe never show a key (see aws_config.py).
+        self.credentials = CredentialSource(aws_access_key_id=aws_access_key_id,
+                                            aws_secret_access_key=aws_secret_access_key,
+                                            aws_session_token=aws_session_token, credential_file=credential_file,
+                                            profile_name=profile_name)
+        self.profile_name = profile_name
         self._init_process_state()
 
     # ------------------------------------------------------------------ process-local state
@@ -222,14 +247,10 @@ class S3Store(ByteStore):
         for name in ("_pid", "_sync_client", "_aio_session", "_aio_clients", "retry_counters",
                      "_stats_lock", "_stats", "_in_flight", "_pool_warned"):
             state.pop(name, None)
-        # NOTE: never the secret in the clear: a pickle may end up on disk (see _seal.py).
-        state["_credentials"] = seal(self._credentials)
+        # NOTE: the CredentialSource pickles only where keys come from, except keys given in code.
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
-        state = dict(state)
-        state["_credentials"] = unseal(state.get("_credentials"), dict.fromkeys(
-            ("aws_access_key_id", "aws_secret_access_key", "aws_session_token")), f"S3 credentials for s3://{state.get('bucket')}")
         self.__dict__.update(state)
         self._init_process_state()
 
@@ -247,7 +268,7 @@ class S3Store(ByteStore):
         return kwargs
 
     def _client_kwargs(self) -> dict[str, Any]:
-        kwargs: dict[str, Any] = {k: v for k, v in self._credentials.items() if v is not None}
+        kwargs: dict[str, Any] = self.credentials.botocore_kwargs()  # resolved in this process
         if self.endpoint_url:
             kwargs["endpoint_url"] = self.endpoint_url
         if self.region_name:
@@ -267,7 +288,7 @@ class S3Store(ByteStore):
                     import botocore.session
                     from botocore.config import Config
 
-                    session = botocore.session.get_session()
+                    session = botocore.session.Session(profile=self.profile_name)
                     self._sync_client = session.create_client("s3", config=Config(**self._config_kwargs()),
                                                               **self._client_kwargs())
                 client = self._sync_client
@@ -279,6 +300,8 @@ class S3Store(ByteStore):
 
         if self._aio_session is None:
             self._aio_session = get_session()
+            if self.profile_name:
+                self._aio_session.set_config_variable("profile", self.profile_name)
         ctx = self._aio_session.create_client("s3", config=AioConfig(**self._config_kwargs()), **self._client_kwargs())
         return await ctx.__aenter__()
 
@@ -355,8 +378,9 @@ class S3Store(ByteStore):
         if code in _AUTH_CODES or status == 403:
             return S3AccessDeniedError(
                 f"{where}: access denied ({code or status}) for access key "
-                f"{mask_access_key(self._credentials['aws_access_key_id'])}{endpoint}; "
-                "check the credentials (explicit file, environment, ~/.aws) and the bucket policy", where)
+                f"{mask_access_key(self.credentials.access_key_id())} ({self.credentials.describe()}){endpoint}; "
+                "check the credentials (explicit, credential file, environment, ~/.aws) and the bucket policy", where,
+                status=status or 0, code=code)
         return exc
 
     def _begin(self) -> None:

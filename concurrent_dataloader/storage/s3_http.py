@@ -8,12 +8,15 @@ once per day and region, writes the request line and four headers, and reads
 path (the asyncio fetcher) uses an :class:`asyncio.Protocol` per connection on the running loop.
 
 :class:`LeanS3Store` is the :class:`~concurrent_dataloader.storage.base.ByteStore` on top, for
-``s3lean://bucket/prefix`` URLs. Path-style addressing only (``endpoint/bucket/key``), which
-every S3-compatible server and AWS accept.
+``s3lean://bucket/prefix`` URLs. Endpoint, region, addressing style (path or virtual-hosted), CA
+bundle and credentials are resolved by botocore (:mod:`.aws_config`), once per process; only the
+per-request work is ours.
 
-NOTE (fork safety): sockets and pools are created lazily and keyed on ``os.getpid()`` (and, for
-the async pool, on the event loop), and are dropped when the store is pickled; credentials are
-plain data and travel with it, but never appear in ``repr`` or error messages.
+NOTE (fork safety): sockets, pools and the credential provider are created lazily and keyed on
+``os.getpid()`` (and, for the async pool, on the event loop), and are dropped when the store is
+pickled. What travels is configuration: the resolved endpoint per bucket and the
+:class:`~.aws_config.CredentialSource` (a profile name or file path; keys only when they were
+given explicitly in code). Keys never appear in ``repr`` or error messages.
 """
 
 from __future__ import annotations
@@ -31,12 +34,12 @@ from typing import Any, Iterator
 from urllib.parse import quote, urlsplit
 from xml.etree import ElementTree
 
-from ._seal import ensure_key, seal, unseal
+from .aws_config import CredentialProvider, CredentialSource, S3Target, botocore_session, resolve_ca_bundle, resolve_target
 from .base import ByteRange, ByteStore, register_store
 from .url import parse_store_url
 from .retry import RetryCounters, RetryPolicy
-from .s3 import (BucketNotFoundError, ObjectNotFoundError, S3AccessDeniedError, S3Error, check_max_object_bytes,
-                 mask_access_key)
+from .s3 import (_AUTH_CODES, BucketNotFoundError, ObjectNotFoundError, S3AccessDeniedError, S3Error,
+                 check_max_object_bytes, mask_access_key)
 
 __all__ = ["LeanS3Client", "LeanS3Store", "SigV4Signer", "S3Credentials", "S3HTTPError", "UNSIGNED_PAYLOAD"]
 
@@ -51,20 +54,10 @@ _RECV = 256 * 1024
 
 class S3HTTPError(S3Error):
     """An S3 error response not translated to a more specific type. ``status`` and ``code`` (e.g.
-    ``SlowDown``) say which; ``response`` has botocore's shape so :func:`classify_error` (the
-    retry policy) treats it like a botocore ``ClientError``."""
+    ``SlowDown``) say which (see :class:`~.s3.S3Error`)."""
 
     def __init__(self, message: str, url: str | None = None, status: int = 0, code: str = "") -> None:
-        super().__init__(message, url)
-        self.status = status
-        self.code = code
-
-    @property
-    def response(self) -> dict[str, Any]:
-        return {"Error": {"Code": self.code}, "ResponseMetadata": {"HTTPStatusCode": self.status}}
-
-    def __reduce__(self):
-        return (type(self), (str(self), self.url, self.status, self.code))
+        super().__init__(message, url, status=status, code=code)
 
 
 def _parse_error_body(body: bytes) -> tuple[str, str]:
@@ -117,35 +110,41 @@ class SigV4Signer:
     derived once per UTC day; each request then costs two SHA-256 and one HMAC over short strings.
     """
 
-    def __init__(self, credentials: S3Credentials, region: str, service: str = "s3") -> None:
-        self.credentials = credentials
+    def __init__(self, credentials: Any, region: str, service: str = "s3") -> None:
+        self.credentials = credentials  # default keys for sign(); each call may pass its own
         self.region = region
         self.service = service
-        self._key_date = ""
+        self._key_for: tuple[str, str] = ("", "")  # (secret, datestamp) of the cached key
         self._key = b""
         self._scope_tail = f"/{region}/{service}/aws4_request"
 
-    def signing_key(self, datestamp: str) -> bytes:
-        if datestamp != self._key_date:
-            k = hmac.digest(("AWS4" + self.credentials.secret_key).encode(), datestamp.encode(), "sha256")
+    def signing_key(self, datestamp: str, secret_key: str | None = None) -> bytes:
+        secret = self.credentials.secret_key if secret_key is None else secret_key
+        cached = self._key_for
+        if cached[1] != datestamp or cached[0] != secret:
+            k = hmac.digest(("AWS4" + secret).encode(), datestamp.encode(), "sha256")
             k = hmac.digest(k, self.region.encode(), "sha256")
             k = hmac.digest(k, self.service.encode(), "sha256")
-            self._key = hmac.digest(k, b"aws4_request", "sha256")
-            self._key_date = datestamp
+            key = hmac.digest(k, b"aws4_request", "sha256")
+            self._key, self._key_for = key, (secret, datestamp)  # NOTE: threads may race here; both values are right
+            return key
         return self._key
 
     def sign(self, method: str, host: str, path: str, query: dict[str, str] | None, headers: dict[str, str],
-             payload_hash: str = UNSIGNED_PAYLOAD, amz_date: str | None = None) -> dict[str, str]:
+             payload_hash: str = UNSIGNED_PAYLOAD, amz_date: str | None = None, *,
+             credentials: Any = None) -> dict[str, str]:
         """Return ``headers`` plus ``x-amz-date``, ``x-amz-content-sha256``, the session token and
         ``Authorization``. ``path`` is already URI-encoded; ``headers`` (lower-case names) are all
-        signed, along with ``host``."""
+        signed, along with ``host``. ``credentials`` (``access_key``, ``secret_key``, ``token``) are
+        this request's keys; the default is the signer's own."""
+        creds = self.credentials if credentials is None else credentials
         if amz_date is None:
             amz_date = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
         out = dict(headers)
         out["x-amz-date"] = amz_date
         out["x-amz-content-sha256"] = payload_hash
-        if self.credentials.token:
-            out["x-amz-security-token"] = self.credentials.token
+        if creds.token:
+            out["x-amz-security-token"] = creds.token
         signed = dict(out)
         signed["host"] = host
         names = sorted(signed)
@@ -157,8 +156,8 @@ class SigV4Signer:
         datestamp = amz_date[:8]
         scope = datestamp + self._scope_tail
         to_sign = f"AWS4-HMAC-SHA256\n{amz_date}\n{scope}\n{hashlib.sha256(canonical.encode()).hexdigest()}"
-        signature = hmac.new(self.signing_key(datestamp), to_sign.encode(), hashlib.sha256).hexdigest()
-        out["Authorization"] = (f"AWS4-HMAC-SHA256 Credential={self.credentials.access_key}/{scope}, "
+        signature = hmac.new(self.signing_key(datestamp, creds.secret_key), to_sign.encode(), hashlib.sha256).hexdigest()
+        out["Authorization"] = (f"AWS4-HMAC-SHA256 Credential={creds.access_key}/{scope}, "
                                 f"SignedHeaders={signed_headers}, Signature={signature}")
         return out
 
@@ -303,9 +302,10 @@ def _dechunk(buf: bytearray) -> bytes | None:
 
 
 class _SyncConn:
-    __slots__ = ("sock", "reused", "got_bytes")
+    __slots__ = ("sock", "reused", "got_bytes", "addr")
 
     def __init__(self, host: str, port: int, tls: ssl.SSLContext | None, timeout: float) -> None:
+        self.addr = (host, port)
         sock = socket.create_connection((host, port), timeout=timeout)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.sock = tls.wrap_socket(sock, server_hostname=host) if tls is not None else sock
@@ -342,10 +342,11 @@ class _SyncConn:
 
 
 class _AsyncConn(asyncio.Protocol):
-    __slots__ = ("transport", "parser", "waiter", "broken", "reused", "loop", "timer", "got_bytes")
+    __slots__ = ("transport", "parser", "waiter", "broken", "reused", "loop", "timer", "got_bytes", "addr")
 
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(self, loop: asyncio.AbstractEventLoop, addr: tuple[str, int]) -> None:
         self.loop = loop
+        self.addr = addr
         self.transport: asyncio.Transport | None = None
         self.parser: _ResponseParser | None = None
         self.waiter: asyncio.Future | None = None
@@ -415,69 +416,57 @@ class _AsyncConn(asyncio.Protocol):
 # The client
 # ---------------------------------------------------------------------------------------------
 
-def _resolve_credentials(access_key: str | None, secret_key: str | None, token: str | None,
-                         profile: str | None) -> S3Credentials | None:
-    if access_key and secret_key:
-        return S3Credentials(access_key, secret_key, token)
-    env_key, env_secret = os.environ.get("AWS_ACCESS_KEY_ID"), os.environ.get("AWS_SECRET_ACCESS_KEY")
-    if env_key and env_secret and not profile:
-        return S3Credentials(env_key, env_secret, os.environ.get("AWS_SESSION_TOKEN"))
-    try:  # shared config files, SSO, instance metadata...: botocore's resolver, only when needed
-        import botocore.session
-
-        creds = botocore.session.Session(profile=profile).get_credentials()
-    except ImportError:
-        creds = None
-    if creds is None:
-        return None
-    frozen = creds.get_frozen_credentials()
-    return S3Credentials(frozen.access_key, frozen.secret_key, frozen.token)
-
-
 class _AsyncPool:
     __slots__ = ("idle", "loop")
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self.loop = loop
-        self.idle: list[_AsyncConn] = []
+        self.idle: dict[tuple[str, int], list[_AsyncConn]] = {}
 
 
 class LeanS3Client:
     """Signed raw-HTTP S3 requests over keep-alive connection pools (one for threads, one per event loop).
 
-    Options mirror :class:`~concurrent_dataloader.storage.s3.S3Store`. ``max_pool_connections``
-    bounds the *idle* connections kept per pool; concurrency itself is set by the caller (fetch
-    threads or tasks) and each concurrent request uses its own socket. Transient failures
-    (5xx, throttling, broken connections) are retried by ``retry`` (a :class:`RetryPolicy`) and
-    counted in :attr:`retry_counters`; a pooled keep-alive socket that the server already closed
-    (before any byte of the answer arrived) is replaced at once without counting as a retry.
-    ``max_object_bytes`` and ``verify_etag`` work as in ``S3Store``.
+    Options mirror :class:`~concurrent_dataloader.storage.s3.S3Store`. Configuration is botocore's
+    (see :mod:`.aws_config`): ``endpoint_url``/``region_name`` arguments, else ``AWS_ENDPOINT_URL_S3``,
+    ``AWS_ENDPOINT_URL``, the profile's ``services`` section or ``endpoint_url``, else AWS for the
+    region; ``addressing_style`` ``"path"``, ``"virtual"`` or ``"auto"``/``None`` as botocore picks
+    it; ``verify`` ``None`` (``AWS_CA_BUNDLE``/the profile's ``ca_bundle``, else botocore's bundle),
+    ``False`` or a CA-bundle path. Credentials: explicit keys, ``credential_file`` (the seed's JSON),
+    or botocore's chain for ``profile_name``, re-read per request so expiring keys are refreshed.
+
+    ``max_pool_connections`` bounds the *idle* connections kept per pool; concurrency itself is set
+    by the caller (fetch threads or tasks) and each concurrent request uses its own socket. Transient
+    failures (see :mod:`.retry`) are retried by ``retry`` and counted in :attr:`retry_counters`;
+    ``ExpiredToken`` makes the client resolve its credentials again and retry once. A pooled
+    keep-alive socket that the server already closed (before any byte of the answer arrived) is
+    replaced at once without counting as a retry. ``max_object_bytes`` and ``verify_etag`` work as
+    in ``S3Store``.
     """
 
     def __init__(self, endpoint_url: str | None = None, region_name: str | None = None, *,
                  aws_access_key_id: str | None = None, aws_secret_access_key: str | None = None,
-                 aws_session_token: str | None = None, profile_name: str | None = None, anonymous: bool = False,
+                 aws_session_token: str | None = None, profile_name: str | None = None,
+                 credential_file: str | os.PathLike | None = None, anonymous: bool = False,
                  max_pool_connections: int = 64, retry: RetryPolicy | None = None, connect_timeout: float = 10.0,
-                 read_timeout: float = 60.0, verify: bool | None = None, addressing_style: str | None = None,
+                 read_timeout: float = 60.0, verify: bool | str | None = None, addressing_style: str | None = None,
                  list_page_size: int = 1000, max_object_bytes: int | None = None, verify_etag: bool = False) -> None:
         from ..errors import ConfigError
 
-        if addressing_style not in (None, "auto", "path"):
-            raise ConfigError(f"the lean S3 client only does path-style addressing, got addressing_style="
-                              f"{addressing_style!r}")
-        if (aws_access_key_id is None) != (aws_secret_access_key is None):
-            raise ConfigError("give both aws_access_key_id and aws_secret_access_key, or neither "
-                              "(to use the default credential chain)")
-        self.region = region_name or os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1"
-        self.endpoint_url = (endpoint_url or f"https://s3.{self.region}.amazonaws.com").rstrip("/")
-        parts = urlsplit(self.endpoint_url)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise ConfigError(f"endpoint_url must be http(s)://host[:port], got {self.endpoint_url!r}")
-        self.tls = parts.scheme == "https"
-        self.host = parts.hostname
-        self.port = parts.port or (443 if self.tls else 80)
-        self.host_header = self.host if self.port == (443 if self.tls else 80) else f"{self.host}:{self.port}"
-        self.base_path = parts.path.rstrip("/")
+        if addressing_style not in (None, "auto", "path", "virtual"):
+            raise ConfigError(f"addressing_style must be 'path', 'virtual', 'auto' or None, got {addressing_style!r}")
+        if endpoint_url is not None:
+            parts = urlsplit(endpoint_url)
+            if parts.scheme not in ("http", "https") or not parts.hostname:
+                raise ConfigError(f"endpoint_url must be http(s)://host[:port], got {endpoint_url!r}")
+        self.credentials = CredentialSource(aws_access_key_id=aws_access_key_id,
+                                            aws_secret_access_key=aws_secret_access_key,
+                                            aws_session_token=aws_session_token, credential_file=credential_file,
+                                            profile_name=profile_name, anonymous=anonymous)
+        self.addressing_style = addressing_style
+        self.profile_name = profile_name
+        self._endpoint_arg = endpoint_url
+        self._region_arg = region_name
         self.max_pool_connections = max_pool_connections
         self.retry = retry if retry is not None else RetryPolicy()
         self.connect_timeout = connect_timeout
@@ -487,34 +476,40 @@ class LeanS3Client:
         self.list_page_size = list_page_size
         self.max_object_bytes = check_max_object_bytes(max_object_bytes)
         self.verify_etag = bool(verify_etag)
-        self._cred_args = (aws_access_key_id, aws_secret_access_key, aws_session_token, profile_name)
-        if aws_secret_access_key is not None:
-            ensure_key()  # before any worker starts, so children inherit the sealing key
+        self._targets: dict[str, S3Target] = {}  # bucket -> where its requests go (plain data, pickled)
         self._init_process_state()
+        # Resolved here, in the process that builds the client, and pickled as plain data: the
+        # endpoint, region and CA bundle are configuration, not secrets.
+        probe = self._target("cdl-endpoint-probe")
+        self.endpoint_url = probe.endpoint_url.rstrip("/")
+        self.region = probe.region
+        self.ca_bundle = resolve_ca_bundle(verify, self._botocore_session())
 
     # -- pickling / fork ------------------------------------------------------------------------
     def _init_process_state(self) -> None:
         self._pid = os.getpid()
         self._lock = threading.Lock()
-        self._sync_idle: list[_SyncConn] = []
+        self._sync_idle: dict[tuple[str, int], list[_SyncConn]] = {}
         self._async_pools: "weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _AsyncPool]" = \
             weakref.WeakKeyDictionary()
         self._ssl: ssl.SSLContext | None = None
-        self._signer: SigV4Signer | None = None
+        self._provider: CredentialProvider | None = None
+        self._session: Any = None
+        self._signers: dict[str, SigV4Signer] = {}
         self.retry_counters = RetryCounters()
 
+    _PROCESS_STATE = ("_pid", "_lock", "_sync_idle", "_async_pools", "_ssl", "_provider", "_session", "_signers",
+                      "retry_counters")
+
     def __getstate__(self) -> dict:
+        # NOTE: the CredentialSource pickles only where keys come from (a profile name, a file
+        # path), except keys given explicitly in code, which travel as given (docs/datasets.md).
         state = dict(self.__dict__)
-        for name in ("_pid", "_lock", "_sync_idle", "_async_pools", "_ssl", "_signer", "retry_counters"):
+        for name in self._PROCESS_STATE:
             state.pop(name, None)
-        # NOTE: never the secret in the clear: a pickle may end up on disk (see _seal.py).
-        state["_cred_args"] = seal(list(self._cred_args))
         return state
 
     def __setstate__(self, state: dict) -> None:
-        state = dict(state)
-        state["_cred_args"] = tuple(unseal(state.get("_cred_args"), [None, None, None, None],
-                                           f"S3 credentials for {state.get('endpoint_url')}"))
         self.__dict__.update(state)
         self._init_process_state()
 
@@ -523,44 +518,76 @@ class LeanS3Client:
             # NOTE: forked child. Inherited sockets belong to the parent: forget them, never close.
             self._init_process_state()
 
-    def _get_signer(self) -> SigV4Signer | None:
+    def _botocore_session(self) -> Any:
+        if self._session is None:
+            self._session = botocore_session(self.profile_name)
+        return self._session
+
+    def _target(self, bucket: str) -> S3Target:
+        """Where requests for ``bucket`` go, as botocore would send them (resolved once per bucket)."""
+        target = self._targets.get(bucket)
+        if target is None:
+            with self._lock:
+                target = self._targets.get(bucket)
+                if target is None:
+                    target = resolve_target(bucket, endpoint_url=self._endpoint_arg, region_name=self._region_arg,
+                                            addressing_style=self.addressing_style, session=self._botocore_session())
+                    self._targets[bucket] = target
+        return target
+
+    def _credentials(self) -> Any:
+        """The keys for this request (``None``: anonymous). Cheap: see :class:`CredentialProvider`."""
         if self.anonymous:
             return None
-        if self._signer is None:
-            creds = _resolve_credentials(*self._cred_args)
-            if creds is None:
-                raise S3AccessDeniedError(f"no AWS credentials found for {self.endpoint_url}: pass aws_access_key_id"
-                                          "/aws_secret_access_key, set AWS_* variables, or use anonymous=True")
-            self._signer = SigV4Signer(creds, self.region)
-        return self._signer
+        provider = self._provider
+        if provider is None:
+            self._check_pid()
+            with self._lock:
+                if self._provider is None:
+                    self._provider = self.credentials.provider()
+                provider = self._provider
+        return provider.current()
 
-    def _tls_context(self) -> ssl.SSLContext | None:
-        if not self.tls:
-            return None
+    def _refresh_credentials(self) -> bool:
+        """After ``ExpiredToken``: resolve the keys again. ``False`` if they cannot change."""
+        provider = self._provider
+        return provider.refresh() if provider is not None else False
+
+    def _signer(self, region: str) -> SigV4Signer:
+        signer = self._signers.get(region)
+        if signer is None:
+            signer = self._signers[region] = SigV4Signer(None, region)
+        return signer
+
+    def _tls_context(self) -> ssl.SSLContext:
         if self._ssl is None:
-            ctx = ssl.create_default_context(cafile=self.verify if isinstance(self.verify, str) else None)
-            if self.verify is False:
+            if self.ca_bundle is False:
+                ctx = ssl.create_default_context()
                 ctx.check_hostname = False
                 ctx.verify_mode = ssl.CERT_NONE
+            else:
+                ctx = ssl.create_default_context(cafile=self.ca_bundle if isinstance(self.ca_bundle, str) else None)
             self._ssl = ctx
         return self._ssl
 
     # -- request building and errors ------------------------------------------------------------
-    def _build(self, method: str, bucket: str, key: str | None, query: dict[str, str] | None,
+    def _build(self, target: S3Target, method: str, key: str | None, query: dict[str, str] | None,
                headers: dict[str, str] | None, body: bytes | None) -> bytes:
-        path = self.base_path + "/" + _uri_encode_path(bucket) + ("/" + _uri_encode_path(key) if key else "")
+        path = target.path_prefix + ("/" + _uri_encode_path(key) if key else "") or "/"
         hdrs = headers or {}
-        signer = self._get_signer()
-        if signer is not None:
+        host_header = target.host_header
+        creds = self._credentials()
+        if creds is not None:
             if body:
                 payload_hash = hashlib.sha256(body).hexdigest()
             else:
                 payload_hash = _EMPTY_SHA256 if method in ("PUT", "POST") else UNSIGNED_PAYLOAD
-            hdrs = signer.sign(method, self.host_header, path, query, hdrs, payload_hash)
-        target = path
+            hdrs = self._signer(target.region).sign(method, host_header, path, query, hdrs, payload_hash,
+                                                    credentials=creds)
+        target_path = path
         if query:
-            target += "?" + "&".join(f"{_uri_encode(k)}={_uri_encode(v)}" for k, v in sorted(query.items()))
-        lines = [f"{method} {target} HTTP/1.1\r\nHost: {self.host_header}\r\n"]
+            target_path += "?" + "&".join(f"{_uri_encode(k)}={_uri_encode(v)}" for k, v in sorted(query.items()))
+        lines = [f"{method} {target_path} HTTP/1.1\r\nHost: {host_header}\r\n"]
         for k, v in hdrs.items():
             lines.append(f"{k}: {v}\r\n")
         if body is not None or method in ("PUT", "POST"):
@@ -572,44 +599,54 @@ class LeanS3Client:
         """Translate an error status into the store error types, naming s3://bucket/key."""
         status = parser.status
         code, message = _parse_error_body(parser.body())
+        code = code or f"HTTP{status}"
         where = f"s3://{bucket}/{key}" if key is not None else f"s3://{bucket}"
         endpoint = f" at {self.endpoint_url}"
         if code == "NoSuchBucket" or (status == 404 and key is None):
-            return BucketNotFoundError(f"{where}: bucket {bucket!r} does not exist{endpoint}", f"s3://{bucket}")
+            return BucketNotFoundError(f"{where}: bucket {bucket!r} does not exist{endpoint}", f"s3://{bucket}",
+                                       status=status, code=code)
         if status == 404:
-            return ObjectNotFoundError(f"{where}: no such object{endpoint}", where)
-        if status == 403:
-            access_key = self._signer.credentials.access_key if self._signer is not None else None
+            return ObjectNotFoundError(f"{where}: no such object{endpoint}", where, status=status, code=code)
+        if status == 403 or code in _AUTH_CODES:
+            try:
+                creds = self._credentials()
+            except Exception:
+                creds = None
             return S3AccessDeniedError(
-                f"{where}: access denied ({code or status}) for access key {mask_access_key(access_key)}{endpoint}; "
-                "check the credentials and the bucket policy", where)
-        return S3HTTPError(f"{where}: HTTP {status} {code or ''}".rstrip() + (f": {message}" if message else "")
-                           + endpoint, where, status, code or f"HTTP{status}")
+                f"{where}: access denied ({code}) for access key "
+                f"{mask_access_key(getattr(creds, 'access_key', None))} ({self.credentials.describe()}){endpoint}; "
+                "check the credentials and the bucket policy", where, status=status, code=code)
+        return S3HTTPError(f"{where}: HTTP {status} {code}" + (f": {message}" if message else "") + endpoint,
+                           where, status, code)
 
     # -- sync -----------------------------------------------------------------------------------
-    def _sync_acquire(self) -> _SyncConn:
+    def _sync_acquire(self, target: S3Target) -> _SyncConn:
         self._check_pid()
+        addr = (target.host, target.port)
         with self._lock:
-            if self._sync_idle:
-                conn = self._sync_idle.pop()
+            idle = self._sync_idle.get(addr)
+            if idle:
+                conn = idle.pop()
                 conn.reused = True
                 return conn
-        return _SyncConn(self.host, self.port, self._tls_context(), self.connect_timeout)
+        return _SyncConn(target.host, target.port, self._tls_context() if target.tls else None, self.connect_timeout)
 
     def _sync_release(self, conn: _SyncConn, keep: bool) -> None:
         if keep:
             with self._lock:
-                if len(self._sync_idle) < self.max_pool_connections:
-                    self._sync_idle.append(conn)
+                idle = self._sync_idle.setdefault(conn.addr, [])
+                if len(idle) < self.max_pool_connections:
+                    idle.append(conn)
                     return
         conn.close()
 
     def _request_once(self, method: str, bucket: str, key: str | None, query: dict[str, str] | None,
                       headers: dict[str, str] | None, body: bytes | None, get: bool = False) -> _ResponseParser:
         limit = self.max_object_bytes if get else None
+        target = self._targets.get(bucket) or self._target(bucket)
         while True:
-            raw = self._build(method, bucket, key, query, headers, body)
-            conn = self._sync_acquire()
+            raw = self._build(target, method, key, query, headers, body)
+            conn = self._sync_acquire(target)
             try:
                 parser = conn.request(raw, body, method == "HEAD", self.read_timeout, limit)
             except _TooLarge as exc:
@@ -653,7 +690,7 @@ class LeanS3Client:
                 headers: dict[str, str] | None = None, body: bytes | None = None) -> _ResponseParser:
         """One signed request (blocking), retried per :attr:`retry`; error statuses raise."""
         return self.retry.call(lambda: self._request_once(method, bucket, key, query, headers, body),
-                               self.retry_counters)
+                               self.retry_counters, refresh=self._refresh_credentials)
 
     def get_object(self, bucket: str, key: str, byte_range: ByteRange | None = None) -> bytes:
         if byte_range is not None and byte_range[1] == 0:
@@ -661,7 +698,7 @@ class LeanS3Client:
         headers = _range_header(byte_range)
         try:
             parser = self.retry.call(lambda: self._request_once("GET", bucket, key, None, headers, None, True),
-                                     self.retry_counters)
+                                     self.retry_counters, refresh=self._refresh_credentials)
         except S3HTTPError as exc:
             raise _range_error(exc, byte_range) from None
         return _range_body(parser, byte_range, f"s3://{bucket}/{key}")
@@ -695,36 +732,42 @@ class LeanS3Client:
                 return
 
     # -- async ----------------------------------------------------------------------------------
-    async def _async_acquire(self) -> _AsyncConn:
+    async def _async_acquire(self, target: S3Target) -> _AsyncConn:
         self._check_pid()
         loop = asyncio.get_running_loop()
         pool = self._async_pools.get(loop)
         if pool is None:
             pool = self._async_pools[loop] = _AsyncPool(loop)
-        while pool.idle:
-            conn = pool.idle.pop()
+        addr = (target.host, target.port)
+        idle = pool.idle.get(addr)
+        while idle:
+            conn = idle.pop()
             if not conn.broken:
                 conn.reused = True
                 return conn
         _, conn = await asyncio.wait_for(
-            loop.create_connection(lambda: _AsyncConn(loop), self.host, self.port, ssl=self._tls_context(),
-                                   server_hostname=self.host if self.tls else None),
+            loop.create_connection(lambda: _AsyncConn(loop, addr), target.host, target.port,
+                                   ssl=self._tls_context() if target.tls else None,
+                                   server_hostname=target.host if target.tls else None),
             self.connect_timeout)
         return conn
 
     def _async_release(self, conn: _AsyncConn, keep: bool) -> None:
         pool = self._async_pools.get(conn.loop)
-        if keep and not conn.broken and pool is not None and len(pool.idle) < self.max_pool_connections:
-            pool.idle.append(conn)
-        else:
-            conn.close()
+        if keep and not conn.broken and pool is not None:
+            idle = pool.idle.setdefault(conn.addr, [])
+            if len(idle) < self.max_pool_connections:
+                idle.append(conn)
+                return
+        conn.close()
 
     async def _arequest_once(self, method: str, bucket: str, key: str | None, query: dict[str, str] | None,
                              headers: dict[str, str] | None, body: bytes | None, get: bool = False) -> _ResponseParser:
         limit = self.max_object_bytes if get else None
+        target = self._targets.get(bucket) or self._target(bucket)
         while True:
-            raw = self._build(method, bucket, key, query, headers, body)
-            conn = await self._async_acquire()
+            raw = self._build(target, method, key, query, headers, body)
+            conn = await self._async_acquire(target)
             try:
                 parser = await conn.request(raw, body, method == "HEAD", self.read_timeout, limit)
             except _TooLarge as exc:
@@ -746,7 +789,7 @@ class LeanS3Client:
                        body: bytes | None = None) -> _ResponseParser:
         """:meth:`request` on the running event loop."""
         return await self.retry.acall(lambda: self._arequest_once(method, bucket, key, query, headers, body),
-                                      self.retry_counters)
+                                      self.retry_counters, refresh=self._refresh_credentials)
 
     async def aget_object(self, bucket: str, key: str, byte_range: ByteRange | None = None) -> bytes:
         if byte_range is not None and byte_range[1] == 0:
@@ -754,7 +797,8 @@ class LeanS3Client:
         headers = _range_header(byte_range)
         try:
             parser = await self.retry.acall(
-                lambda: self._arequest_once("GET", bucket, key, None, headers, None, True), self.retry_counters)
+                lambda: self._arequest_once("GET", bucket, key, None, headers, None, True), self.retry_counters,
+                refresh=self._refresh_credentials)
         except S3HTTPError as exc:
             raise _range_error(exc, byte_range) from None
         return _range_body(parser, byte_range, f"s3://{bucket}/{key}")
@@ -765,14 +809,15 @@ class LeanS3Client:
         if self._pid != os.getpid():
             return
         with self._lock:
-            idle, self._sync_idle = self._sync_idle, []
-        for conn in idle:
-            conn.close()
+            idle, self._sync_idle = self._sync_idle, {}
+        for conns in idle.values():
+            for conn in conns:
+                conn.close()
         for pool in list(self._async_pools.values()):
             if pool.loop.is_closed():
                 continue
-            conns, pool.idle = pool.idle, []
-            for conn in conns:
+            idle_async, pool.idle = pool.idle, {}
+            for conn in (c for conns in idle_async.values() for c in conns):
                 try:  # NOTE: transports belong to their loop's thread
                     pool.loop.call_soon_threadsafe(conn.close)
                 except RuntimeError:
@@ -782,9 +827,10 @@ class LeanS3Client:
         """Close the pooled connections of the running loop."""
         pool = self._async_pools.get(asyncio.get_running_loop())
         if pool is not None:
-            conns, pool.idle = pool.idle, []
-            for conn in conns:
-                conn.close()
+            idle, pool.idle = pool.idle, {}
+            for conns in idle.values():
+                for conn in conns:
+                    conn.close()
 
     def __repr__(self) -> str:
         return f"LeanS3Client(endpoint_url={self.endpoint_url!r}, region={self.region!r})"
@@ -825,9 +871,10 @@ class LeanS3Store(ByteStore):
     """A :class:`ByteStore` over :class:`LeanS3Client`, for ``s3lean://bucket/prefix`` URLs.
 
     Takes the keyword options of the botocore-based ``S3Store`` (``endpoint_url``,
-    ``region_name``, ``aws_access_key_id``, ``aws_secret_access_key``,
-    ``max_pool_connections``, ``retry``...) and raises the same error types, so the two are
-    interchangeable; this one costs a fraction of the CPU per GET.
+    ``region_name``, ``addressing_style``, ``verify``, ``profile_name``, ``credential_file``,
+    ``aws_access_key_id``, ``aws_secret_access_key``, ``max_pool_connections``, ``retry``...) and
+    raises the same error types, so the two are interchangeable; this one costs a fraction of the
+    CPU per GET.
     """
 
     def __init__(self, bucket: str, prefix: str = "", **options: Any) -> None:
@@ -838,10 +885,15 @@ class LeanS3Store(ByteStore):
         self.bucket = bucket
         self.prefix = prefix.lstrip("/")
         self.client = LeanS3Client(**options)
+        self.client._target(bucket)  # resolved here, so workers inherit it (no botocore work in them)
 
     @property
     def retry_counters(self) -> RetryCounters:
         return self.client.retry_counters
+
+    @property
+    def credentials(self) -> CredentialSource:
+        return self.client.credentials
 
     def full_key(self, key: str) -> str:
         if not self.prefix:

@@ -109,7 +109,7 @@ async def test_async_get_concurrent_and_errors(lean_store):
 
 def test_credentials_never_in_repr_or_errors(fast_server):
     store = LeanS3Store("nobucket", endpoint_url=fast_server.endpoint_url, **BENCH_CREDS)
-    text = repr(store) + repr(store.client) + repr(store.client._get_signer().credentials)
+    text = repr(store) + repr(store.client) + repr(store.client._credentials()) + repr(store.client.credentials)
     with pytest.raises(BucketNotFoundError) as err:
         store.get("k")
     text += str(err.value)
@@ -178,7 +178,7 @@ def test_pickles_without_sockets_and_works_after_fork(fast_server, fast_bucket):
     store.put("k", b"forked")
     assert store.get("k") == b"forked"  # the parent now has a pooled socket
     clone = pickle.loads(pickle.dumps(store))
-    assert clone.client._sync_idle == [] and clone.get("k") == b"forked"
+    assert not clone.client._sync_idle and clone.get("k") == b"forked"
     ctx = mp.get_context("fork")
     q = ctx.Queue()
     p = ctx.Process(target=_child_get, args=(store, q))
