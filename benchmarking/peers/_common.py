@@ -60,6 +60,7 @@ class Spec:
     seed: int = 0
     decoder: str = "pil"
     image_size: int = 224
+    images_dir: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
     _entries: list[tuple[str, int]] | None = field(default=None, repr=False)
 
@@ -212,9 +213,19 @@ def fresh_dir(path: Path) -> Path:
 
 
 def download_images(spec: Spec, client: Any, threads: int = 16) -> list[tuple[Path, int]]:
-    """Copy the run's JPEGs to ``workdir/src`` (kept between prepares); (local path, label) in index order."""
-    root = spec.workpath("src")
+    """The run's JPEGs as local files; (local path, label) in index order.
+
+    With ``images_dir`` in the spec (a local copy, image ``k`` of the index at ``images_dir/k``)
+    they are read from there; otherwise they are downloaded once to ``workdir/src``.
+    """
     entries = spec.entries()
+    if spec.images_dir:
+        local = [(Path(spec.images_dir) / key[len(spec.images_prefix):], label) for key, label in entries]
+        missing = [str(p) for p, _ in local if not p.is_file()]
+        if missing:
+            raise SpecError(f"images_dir lacks {len(missing)} images, e.g. {missing[0]}")
+        return local
+    root = spec.workpath("src")
 
     def one(item: tuple[str, int]) -> tuple[Path, int]:
         key, label = item

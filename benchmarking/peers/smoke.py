@@ -75,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
                         "index": index, "workdir": str(work / peer), "peer_prefix": f"peers/{peer}/",
                         "shard_size": args.shard_size, "num_workers": args.workers, "batch_size": args.batch_size,
                         "num_images": 0, "shuffle_buffer": args.shuffle_buffer, "seed": 0,
-                        "decoder": args.decoder, "image_size": 224}
+                        "decoder": args.decoder, "image_size": 224, "images_dir": str(work / "data")}
                 logs = None if args.verbose else subprocess.DEVNULL
                 t0 = time.perf_counter()
                 rc, prep = run_peer(peer, "prepare", spec, timeout=args.timeout, stderr=logs)
