@@ -7,9 +7,11 @@ then cannot spend decoding).
 
 Each client runs in a fresh subprocess, so its CPU time (``time.process_time``) counts only
 that client: botocore (threads), aiobotocore (asyncio), and the lean client
-(:mod:`concurrent_dataloader.storage.s3_http`) in both modes.
+(:mod:`concurrent_dataloader.storage.s3_http`) in both modes. Each is measured over plain HTTP
+and over HTTPS (real S3 is HTTPS): a :class:`TLSFront` with a certificate made for the run
+(``trustme``) terminates TLS in front of the server, and the clients verify it against that CA.
 
-    python -m benchmarking.s3_bench --gets 2000 --concurrency 16
+    python -m benchmarking.s3_bench --gets 2000 --concurrency 16 [--protocols http,https]
 """
 
 from __future__ import annotations
@@ -17,10 +19,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import concurrent.futures as cf
+import contextlib
 import json
 import os
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -99,6 +103,19 @@ class TLSFront:
         self.close()
 
 
+def _make_certificate(directory: str) -> dict[str, str]:
+    """A CA and a certificate for 127.0.0.1 made for this run (never a real key): file paths."""
+    import trustme
+
+    ca = trustme.CA()
+    cert = ca.issue_cert("127.0.0.1", "localhost")
+    paths = {name: os.path.join(directory, f"{name}.pem") for name in ("ca", "cert", "key")}
+    ca.cert_pem.write_to_path(paths["ca"])
+    cert.private_key_and_cert_chain_pem.write_to_path(paths["cert"])
+    cert.private_key_pem.write_to_path(paths["key"])
+    return paths
+
+
 def _lean_store(endpoint: str, bucket: str, concurrency: int, verify: Any = None):
     from concurrent_dataloader.storage.s3_http import LeanS3Store
 
@@ -152,8 +169,9 @@ def measure_ceiling(endpoint: str, bucket: str, keys: list[str], seconds: float 
 
 
 def measure_client_cpu(client: str, endpoint: str, bucket: str, keys: list[str], n: int = 1000,
-                       concurrency: int = 16) -> dict[str, float]:
-    """CPU ms per GET and GET/s for one client in *this* process (run it in a fresh one)."""
+                       concurrency: int = 16, verify: Any = None) -> dict[str, float]:
+    """CPU ms per GET and GET/s for one client in *this* process (run it in a fresh one).
+    ``verify``: for an https endpoint, the CA bundle (or ``False``), as every client takes it."""
     if client not in CLIENTS:
         raise ValueError(f"client must be one of {CLIENTS}, got {client!r}")
     warm = min(n, 2 * concurrency)
@@ -163,7 +181,7 @@ def measure_client_cpu(client: str, endpoint: str, bucket: str, keys: list[str],
             from botocore.config import Config
 
             s3 = boto3.client("s3", endpoint_url=endpoint, config=Config(max_pool_connections=max(64, concurrency)),
-                              **_CREDS)
+                              verify=verify, **_CREDS)
 
             def get(key: str) -> int:
                 body = s3.get_object(Bucket=bucket, Key=key)["Body"]
@@ -172,7 +190,7 @@ def measure_client_cpu(client: str, endpoint: str, bucket: str, keys: list[str],
                 finally:
                     body.close()
         else:
-            store = _lean_store(endpoint, bucket, concurrency)
+            store = _lean_store(endpoint, bucket, concurrency, verify)
 
             def get(key: str) -> int:
                 return len(store.get(key))
@@ -192,7 +210,7 @@ def measure_client_cpu(client: str, endpoint: str, bucket: str, keys: list[str],
 
                 async with get_session().create_client(
                         "s3", endpoint_url=endpoint, config=AioConfig(max_pool_connections=max(64, concurrency)),
-                        **_CREDS) as s3:
+                        verify=verify, **_CREDS) as s3:
                     sem = asyncio.Semaphore(concurrency)
 
                     async def one(key: str) -> int:
@@ -205,7 +223,7 @@ def measure_client_cpu(client: str, endpoint: str, bucket: str, keys: list[str],
                     c0, w0 = time.process_time(), time.perf_counter()
                     sizes = await asyncio.gather(*(one(keys[i % len(keys)]) for i in range(n)))
                     return c0, w0, time.process_time(), time.perf_counter(), sum(sizes)
-            store = _lean_store(endpoint, bucket, concurrency)
+            store = _lean_store(endpoint, bucket, concurrency, verify)
             await _lean_async_run(store, keys, warm, concurrency)
             c0, w0 = time.process_time(), time.perf_counter()
             total = await _lean_async_run(store, keys, n, concurrency)
@@ -214,8 +232,8 @@ def measure_client_cpu(client: str, endpoint: str, bucket: str, keys: list[str],
             return c0, w0, c1, w1, total
 
         cpu0, t0, cpu1, t1, nbytes = uvloop.run(run())
-    return {"client": client, "gets": n, "concurrency": concurrency, "cpu_ms_per_get": (cpu1 - cpu0) / n * 1e3,
-            "gets_per_s": n / (t1 - t0), "mb_per_get": nbytes / n / 1e6}
+    return {"client": client, "protocol": endpoint.split("://", 1)[0], "gets": n, "concurrency": concurrency,
+            "cpu_ms_per_get": (cpu1 - cpu0) / n * 1e3, "gets_per_s": n / (t1 - t0), "mb_per_get": nbytes / n / 1e6}
 
 
 def _child_env() -> dict[str, str]:
@@ -248,10 +266,10 @@ def _finish_child(proc: subprocess.Popen, what: str, timeout: float) -> dict[str
 
 
 def client_cpu_subprocess(client: str, endpoint: str, bucket: str, keys: list[str], n: int = 1000,
-                          concurrency: int = 16, timeout: float = 300.0) -> dict[str, Any]:
+                          concurrency: int = 16, timeout: float = 300.0, verify: Any = None) -> dict[str, Any]:
     """:func:`measure_client_cpu` in a fresh Python process (clean CPU accounting)."""
     proc = _start_child({"what": "client", "client": client, "endpoint": endpoint, "bucket": bucket, "keys": keys,
-                         "n": n, "concurrency": concurrency})
+                         "n": n, "concurrency": concurrency, "verify": verify})
     return _finish_child(proc, f"client benchmark {client!r}", timeout)
 
 
@@ -272,7 +290,8 @@ def _child() -> int:
         result: dict[str, Any] = {"gets_per_s": measure_ceiling(a["endpoint"], a["bucket"], a["keys"], a["seconds"],
                                                                 a["concurrency"])}
     else:
-        result = measure_client_cpu(a["client"], a["endpoint"], a["bucket"], a["keys"], a["n"], a["concurrency"])
+        result = measure_client_cpu(a["client"], a["endpoint"], a["bucket"], a["keys"], a["n"], a["concurrency"],
+                                    a.get("verify"))
     print(json.dumps(result))
     return 0
 
@@ -307,6 +326,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--objects", type=int, default=64, help="distinct objects (default 64)")
     p.add_argument("--size-kb", type=int, default=110, help="object size in KB (default 110, like an ImageNet JPEG)")
     p.add_argument("--clients", default=",".join(CLIENTS), help=f"comma-separated subset of {','.join(CLIENTS)}")
+    p.add_argument("--protocols", default="http,https", help="comma-separated subset of http,https (default both)")
     p.add_argument("--ceiling-seconds", type=float, default=3.0)
     p.add_argument("--json", default=None, help="also write the results to this JSON file")
     p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
@@ -329,18 +349,31 @@ def main(argv: list[str] | None = None) -> int:
               f"concurrent (server CPU {ceiling['server_cpu_ms_per_get']:.3f} ms/GET, "
               f"{ceiling['server_core_utilisation']:.0%} of a core; CPU-bound limit "
               f"{ceiling['cpu_bound_gets_per_s']:,.0f} GET/s)")
-        results: dict[str, Any] = {"ceiling": ceiling, "clients": []}
-        print(f"{'client':<12} {'CPU ms/GET':>10} {'GET/s':>9}  (server CPU ms/GET)")
-        for client in clients:
-            server.reset_stats()
-            r = client_cpu_subprocess(client, server.endpoint_url, "bench", keys, args.gets, args.concurrency)
-            st = server.stats()
-            r["server_cpu_ms_per_get"] = st["server_cpu_s"] / max(1, st["gets"]) * 1e3
-            results["clients"].append(r)
-            print(f"{client:<12} {r['cpu_ms_per_get']:>10.3f} {r['gets_per_s']:>9,.0f}  "
-                  f"({r['server_cpu_ms_per_get']:.3f})")
+        results: dict[str, Any] = {"ceiling": ceiling, "clients": [], "size_kb": args.size_kb,
+                                   "concurrency": args.concurrency, "gets": args.gets}
+        protocols = [x.strip() for x in args.protocols.split(",") if x.strip()]
+        print(f"{'client':<12} {'protocol':<8} {'CPU ms/GET':>10} {'GET/s':>9}  (server CPU ms/GET)")
+        with contextlib.ExitStack() as stack:
+            endpoints = {"http": (server.endpoint_url, None)}
+            if "https" in protocols:
+                tls = _make_certificate(stack.enter_context(tempfile.TemporaryDirectory()))
+                front = stack.enter_context(TLSFront(server.endpoint_url, tls["cert"], tls["key"]))
+                endpoints["https"] = (front.endpoint_url, tls["ca"])
+            for protocol in protocols:
+                endpoint, verify = endpoints[protocol]
+                for client in clients:
+                    server.reset_stats()
+                    r = client_cpu_subprocess(client, endpoint, "bench", keys, args.gets, args.concurrency,
+                                              verify=verify)
+                    st = server.stats()
+                    r["server_cpu_ms_per_get"] = st["server_cpu_s"] / max(1, st["gets"]) * 1e3
+                    results["clients"].append(r)
+                    print(f"{client:<12} {protocol:<8} {r['cpu_ms_per_get']:>10.3f} {r['gets_per_s']:>9,.0f}  "
+                          f"({r['server_cpu_ms_per_get']:.3f})")
     if args.json:
-        Path(args.json).write_text(json.dumps(results, indent=2))
+        from concurrent_dataloader._atomic import atomic_write_bytes
+
+        atomic_write_bytes(args.json, (json.dumps(results, indent=2) + "\n").encode())
     return 0
 
 
