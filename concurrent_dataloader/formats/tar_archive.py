@@ -23,7 +23,6 @@ import csv
 import hashlib
 import io
 import json
-import mmap
 import os
 import posixpath
 import tarfile
@@ -33,12 +32,14 @@ from typing import Any, BinaryIO, Callable, Iterable
 
 import numpy as np
 
-from .._process_local import ProcessLocal, ProcessLock, drop_process_local
 from ..errors import ConfigError, DataFormatError
 from ..decoding import check_decoder, decode_image
 from ..loader.protocol import ConcurrentDataset
 from ..storage.base import ByteStore, open_store
 from ..storage.local import LocalStore
+from ..storage.mapped import MmapStore
+from ..storage.memory import MemoryStore
+from ..storage.pread import PreadStore
 from ..storage.url import is_remote_url, local_path, split_object_url
 from ._tarutil import (CONVERT_HINT, SkippedMembers, StoreReader, check_end_of_archive, decompress_all,
                        detect_compression, iter_tar_members, safe_member_name)
@@ -135,122 +136,15 @@ def _parse_labels(path: Path, text: str) -> dict[str, list[float]]:
     return {safe_member_name(k) or k: v for k, v in out.items()}
 
 
-# --------------------------------------------------------------------------- byte sources
-# NOTE: guards lazy opening (mmap, decompression) against two fetch threads racing; a
-# ProcessLock, so a forked child never inherits it locked (NOTE [ Per-process state ]).
-_OPEN_LOCK = ProcessLock()
-
-
-class _LocalFileSource:
-    """A per-process file descriptor read with ``os.pread``.
-
-    NOTE (concurrency): pread takes the offset as an argument, so many fetch threads share one
-    descriptor without a seek race. The descriptor is per-process state (NOTE [ Per-process
-    state ]): a forked worker or an unpickled copy opens its own.
-    """
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-
-    _fd = ProcessLocal(lambda self: os.open(self.path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0)), close=os.close)
-
-    def _get_fd(self) -> int:
-        return self._fd
-
-    def read(self, offset: int, size: int) -> bytes:
-        fd = self._get_fd()
-        data = os.pread(fd, size, offset)
-        while len(data) < size:  # regular files only return short at EOF, but be exact
-            more = os.pread(fd, size - len(data), offset + len(data))
-            if not more:
-                break
-            data += more
-        return data
-
-    async def aread(self, offset: int, size: int) -> bytes:
-        import asyncio
-
-        return await asyncio.get_running_loop().run_in_executor(None, self.read, offset, size)
-
-    def close(self) -> None:
-        _LocalFileSource._fd.reset(self)
-
-    def __getstate__(self) -> dict:
-        return drop_process_local(self.__dict__)
-
-
-class _MmapSource:
-    """A read-only shared mapping of a local archive (``data_in_memory=True``).
-
-    NOTE (fork): the mapping is MAP_SHARED and read-only, so forked workers use the same page
-    cache pages instead of copying the archive; an unpickled copy (spawn) maps it again.
-    """
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self._map: mmap.mmap | None = None
-
-    def _get(self) -> mmap.mmap:
-        if self._map is not None:
-            return self._map
-        with _OPEN_LOCK:
-            if self._map is not None:
-                return self._map
-            with open(self.path, "rb") as f:
-                self._map = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
-            if hasattr(self._map, "madvise") and hasattr(mmap, "MADV_WILLNEED"):
-                self._map.madvise(mmap.MADV_WILLNEED)  # read it in now, as "in memory" promises
-        return self._map
-
-    def read(self, offset: int, size: int) -> bytes:
-        m = self._get()
-        return m[offset:offset + size]
-
-    async def aread(self, offset: int, size: int) -> bytes:
-        return self.read(offset, size)
-
-    def close(self) -> None:
-        if self._map is not None:
-            self._map.close()
-            self._map = None
-
-    def __getstate__(self) -> dict:
-        return {"path": self.path, "_map": None}
-
-
-class _MemorySource:
-    """A decompressed archive held in memory (compressed archives with ``data_in_memory=True``).
-
-    NOTE (fork/spawn): forked workers share the parent's bytes copy-on-write; the bytes are not
-    pickled, so under spawn each process decompresses its own copy on first use.
-    """
-
-    def __init__(self, fetch_all: Callable[[], bytes], data: bytes | None = None) -> None:
-        self._fetch_all = fetch_all
-        self._data = data
-
-    def data(self) -> bytes:
-        if self._data is None:
-            with _OPEN_LOCK:
-                if self._data is None:
-                    self._data = self._fetch_all()
-        return self._data
-
-    def read(self, offset: int, size: int) -> bytes:
-        return self.data()[offset:offset + size]
-
-    async def aread(self, offset: int, size: int) -> bytes:
-        return self.read(offset, size)
-
-    def close(self) -> None:
-        pass
-
-    def __getstate__(self) -> dict:
-        return {"_fetch_all": self._fetch_all, "_data": None}
-
-
+# --------------------------------------------------------------------------- archive bytes
 class _StoreSource:
-    """Ranged GETs of one object in a :class:`ByteStore` (the store owns per-process clients)."""
+    """The archive's bytes: ranged reads of one object of a store.
+
+    The store is chosen by :meth:`ImageArchive._make_source`: :class:`PreadStore` (a local
+    archive), :class:`MmapStore` (a local archive with ``data_in_memory``), :class:`MemoryStore`
+    (compressed archives, and remote ones with ``data_in_memory``), or the archive's own remote
+    store (one ranged GET per member). Each store keeps its handles per process.
+    """
 
     def __init__(self, store: ByteStore, key: str) -> None:
         self.store = store
@@ -262,6 +156,11 @@ class _StoreSource:
     async def aread(self, offset: int, size: int) -> bytes:
         return await self.store.aget(self.key, (offset, size))
 
+    def warm(self) -> None:
+        warm = getattr(self.store, "warm", None)
+        if warm is not None:
+            warm(self.key)
+
     def close(self) -> None:
         self.store.close()
 
@@ -270,14 +169,14 @@ class _StoreSource:
 
 
 class _FetchAll:
-    """Picklable 'read the whole archive and decompress it' (for _MemorySource under spawn)."""
+    """Picklable 'read the whole archive and decompress it' (the MemoryStore's loader, for spawn)."""
 
     def __init__(self, archive: "ImageArchive") -> None:
         self.local = archive._local_path
         self.store, self.key = archive._store, archive._key
         self.kind, self.name = archive.compression, archive.archive_name
 
-    def __call__(self) -> bytes:
+    def __call__(self, key: str = "") -> bytes:
         raw = self.local.read_bytes() if self.local is not None else self.store.get(self.key)
         return decompress_all(raw, self.kind, self.name)
 
@@ -661,15 +560,16 @@ class ImageArchive(ConcurrentDataset):
         return np.asarray(rows, dtype=np.float64), names, classes, members
 
     # ------------------------------------------------------------------ reading
-    def _make_source(self) -> Any:
-        if self.compression is not None:
-            return _MemorySource(_FetchAll(self), self._memory_data)
-        if self._local_path is not None:
-            return _MmapSource(self._local_path) if self.data_in_memory else _LocalFileSource(self._local_path)
+    def _make_source(self) -> _StoreSource:
+        local = self._local_path
+        key = local.name if local is not None else self._key
+        if self.compression is not None or (local is None and self.data_in_memory):
+            objects = {key: self._memory_data} if self._memory_data is not None else None
+            return _StoreSource(MemoryStore(objects, loader=_FetchAll(self)), key)
+        if local is not None:
+            return _StoreSource(MmapStore(local.parent) if self.data_in_memory else PreadStore(local.parent), key)
         assert self._store is not None
-        if self.data_in_memory:
-            return _MemorySource(_FetchAll(self))
-        return _StoreSource(self._store, self._key)
+        return _StoreSource(self._store, key)
 
     def __len__(self) -> int:
         return len(self.names)
@@ -738,19 +638,13 @@ class ImageArchive(ConcurrentDataset):
     def worker_open_archive(self, worker_id: int = 0) -> None:
         """Seed-compatible ``worker_init_fn``: open this process's handle now (optional: every
         process opens its own on first use)."""
-        src = self._source
-        if isinstance(src, _LocalFileSource):
-            src._get_fd()
-        elif isinstance(src, _MmapSource):
-            src._get()
+        self._source.warm()
 
     def close_fetch_resources(self) -> None:
         self._source.close()
 
     async def aclose_fetch_resources(self) -> None:
-        aclose = getattr(self._source, "aclose", None)
-        if aclose is not None:
-            await aclose()
+        await self._source.aclose()
 
     def close(self) -> None:
         """Release this process's file handle / mapping / store clients (reopened lazily if used)."""

@@ -10,7 +10,11 @@ from .._atomic import atomic_write_bytes
 from .base import ByteRange, ByteStore, register_store
 from .url import local_path
 
-__all__ = ["LocalStore"]
+__all__ = ["LocalStore", "short_read_error"]
+
+
+def short_read_error(path: Any, offset: int, length: int, got: int) -> EOFError:
+    return EOFError(f"{path}: wanted {length} bytes at offset {offset}, file has only {got}")
 
 
 class LocalStore(ByteStore):
@@ -46,7 +50,7 @@ class LocalStore(ByteStore):
             f.seek(offset)
             data = f.read(length)
         if len(data) != length:
-            raise EOFError(f"{self.path(key)}: wanted {length} bytes at offset {offset}, file has only {len(data)}")
+            raise short_read_error(self.path(key), offset, length, len(data))
         return data
 
     async def aget(self, key: str, byte_range: ByteRange | None = None) -> bytes:
@@ -60,7 +64,7 @@ class LocalStore(ByteStore):
             await f.seek(offset)
             data = await f.read(length)
         if len(data) != length:
-            raise EOFError(f"{self.path(key)}: wanted {length} bytes at offset {offset}, file has only {len(data)}")
+            raise short_read_error(self.path(key), offset, length, len(data))
         return data
 
     def list(self, prefix: str = "") -> Iterator[str]:

@@ -40,6 +40,11 @@ class StoreURL:
     def is_local(self) -> bool:
         return self.scheme == "file"
 
+    @property
+    def rest(self) -> str:
+        """Everything after ``scheme://`` (the path itself for local paths)."""
+        return self.key if self.is_local else f"{self.bucket}/{self.key}"
+
     def __str__(self) -> str:
         if self.is_local:
             return self.key
@@ -65,8 +70,8 @@ def is_remote_url(location: Any) -> bool:
 
 
 def local_path(location: str | os.PathLike) -> Path:
-    """A local path or ``file://`` URL as a :class:`Path`."""
-    return Path(parse_store_url(location).key)
+    """A local path, ``file://`` URL, or the path in a local store's URL (``mmap:///data``), as a :class:`Path`."""
+    return Path(parse_store_url(location).rest)
 
 
 def split_object_url(location: str | os.PathLike, example: str = "path/to/object") -> tuple[str, str]:
@@ -76,7 +81,7 @@ def split_object_url(location: str | os.PathLike, example: str = "path/to/object
     if u.is_local:
         path = Path(u.key)
         return str(path.parent), path.name
-    head, _, key = f"{u.bucket}/{u.key}".rpartition("/")
+    head, _, key = u.rest.rpartition("/")
     if not u.bucket or not key:
         raise ConfigError(f"{os.fspath(location)!r} names no object (expected {u.scheme}://bucket/{example})")
     return f"{u.scheme}://{head}", key

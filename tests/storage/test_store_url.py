@@ -31,7 +31,8 @@ def test_parse(url, expected):
 def test_str_round_trips():
     for url in ("s3://bucket/some/prefix", "s3://bucket", "/data/train"):
         assert str(parse_store_url(url)) == url
-    assert local_path("file:///data/x") == Path("/data/x")
+    assert local_path("file:///data/x") == Path("/data/x") == local_path("mmap:///data/x")
+    assert local_path("pread://rel/dir") == Path("rel/dir")
     assert not is_remote_url(Path("/data/x"))  # only strings name stores
 
 

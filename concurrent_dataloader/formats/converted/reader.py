@@ -16,6 +16,7 @@ from ...errors import ConfigError, DataFormatError
 from ...loader.protocol import ConcurrentDataset
 from ...storage.base import ByteStore, open_store
 from ...storage.local import LocalStore
+from ...storage.pread import PreadStore
 from ._io import KeyedLocks
 from .layout import CLASSES_KEY, METADATA_KEY, Layout, array_shape, parse_metadata
 
@@ -28,17 +29,10 @@ class _ProcessState:
         self.locks = KeyedLocks()
         self.files: dict[int, Any] = {}
         self.labels: dict[int, Any] = {}
-        self.fds: dict[str, int] = {}
         self.handles: list[Any] = []
         self.extra: dict[str, Any] = {}
 
     def close(self) -> None:
-        for fd in self.fds.values():
-            try:
-                os.close(fd)
-            except OSError:
-                pass
-        self.fds.clear()
         for h in self.handles:
             try:
                 h.close()
@@ -93,6 +87,8 @@ class ConvertedReader(ConcurrentDataset):
             raise ConfigError("pass storage_options only with dataset_path, not with store=")
         self.dataset_path = str(dataset_path) if dataset_path is not None else store.describe("")
         self.store = store
+        # Local ranged reads: os.pread on this process's descriptor per file (thread-safe, no seek).
+        self._pread = PreadStore(store.root) if isinstance(store, LocalStore) and hasattr(os, "pread") else None
         self.transform = transform
         self.target_transform = target_transform
         self.metadata = self._load_metadata()
@@ -193,6 +189,8 @@ class ConvertedReader(ConcurrentDataset):
 
     def _reset_process_state(self) -> None:
         ConvertedReader._proc_state.reset(self)
+        if self._pread is not None:
+            self._pread.close()
 
     @staticmethod
     def worker_init_fn(worker_id: int) -> None:
@@ -217,6 +215,8 @@ class ConvertedReader(ConcurrentDataset):
         st = ConvertedReader._proc_state.peek(self)
         if st is not None:
             st.close()  # keeps the labels already loaded; handles reopen on next use
+        if self._pread is not None:
+            self._pread.close()
         self.store.close()
 
     def __enter__(self) -> "ConvertedReader":
@@ -276,22 +276,17 @@ class ConvertedReader(ConcurrentDataset):
     def read(self, key: str, offset: int, length: int) -> bytes:
         """``length`` bytes at ``offset``: ``os.pread`` on a per-process descriptor locally
         (thread-safe, no seek), a ranged GET otherwise."""
-        if self.is_local and hasattr(os, "pread"):
-            st = self._state()
-            fd = st.fds.get(key)
-            if fd is None:
-                with st.locks(("fd", key)):
-                    fd = st.fds.get(key)
-                    if fd is None:
-                        try:
-                            fd = os.open(self.store.path(key), os.O_RDONLY | getattr(os, "O_BINARY", 0))
-                        except FileNotFoundError:
-                            self.size_of(key)  # raises the explanatory error
-                            raise
-                        st.fds[key] = fd
-            data = os.pread(fd, length, offset)
+        if self._pread is not None:
+            try:
+                data = self._pread.read_at(key, offset, length)
+            except FileNotFoundError:
+                self.size_of(key)  # raises the explanatory error
+                raise
         else:
             data = self.store.get(key, (offset, length))
+        return self._check_length(data, key, offset, length)
+
+    def _check_length(self, data: bytes, key: str, offset: int, length: int) -> bytes:
         if len(data) != length:
             raise DataFormatError(f"{self.store.describe(key)}: wanted {length} bytes at offset {offset}, got {len(data)}: "
                                   "the file is shorter than its metadata says (truncated or corrupt)")
@@ -301,10 +296,7 @@ class ConvertedReader(ConcurrentDataset):
         if self.is_local:
             return await asyncio.get_running_loop().run_in_executor(None, self.read, key, offset, length)
         data = await self.store.aget(key, (offset, length))
-        if len(data) != length:
-            raise DataFormatError(f"{self.store.describe(key)}: wanted {length} bytes at offset {offset}, got {len(data)}: "
-                                  "the file is shorter than its metadata says (truncated or corrupt)")
-        return data
+        return self._check_length(data, key, offset, length)
 
     def read_all(self, key: str) -> bytes:
         try:
