@@ -14,7 +14,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-__all__ = ["PEERS", "LOCKED", "NOT_INSTALLED", "VENVS", "peer_python", "run_peer", "parse_result"]
+__all__ = ["PEERS", "LOCKED", "NOT_INSTALLED", "VENVS", "peer_python", "peer_command", "run_peer", "parse_result"]
 
 PEERS = ("webdataset", "litdata", "mosaic", "s3torch_map", "s3torch_iterable")
 # Peers whose package is in requirements-lock.txt: without a venv they run on the harness's interpreter.
@@ -48,6 +48,18 @@ def parse_result(stdout: str) -> dict[str, Any] | None:
     return None
 
 
+def peer_command(name: str, action: str, spec_path: str | os.PathLike,
+                 python: str | None = None) -> tuple[list[str], dict[str, str]] | None:
+    """(argv, env) that runs ``action`` of peer ``name`` (for a harness that starts and watches the
+    process itself, e.g. to poll its memory), or None when the peer is not installed."""
+    python = python or peer_python(name)
+    if python is None:
+        return None
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO_ROOT), env.get("PYTHONPATH", "")) if p)
+    return [python, "-m", f"benchmarking.peers.{name}", action, "--spec", str(spec_path)], env
+
+
 def run_peer(name: str, action: str, spec: dict[str, Any], *, timeout: float = 900.0,
              python: str | None = None, stderr: Any = None) -> tuple[int, dict[str, Any]]:
     """Run ``python -m benchmarking.peers.<name> <action> --spec`` and return (exit code, its JSON).
@@ -55,17 +67,16 @@ def run_peer(name: str, action: str, spec: dict[str, Any], *, timeout: float = 9
     Not installed -> (NOT_INSTALLED, {"error": "not installed"}) without starting anything.
     ``stderr`` goes where the runner's logs should (default: inherited).
     """
-    python = python or peer_python(name)
-    if python is None:
+    if (python or peer_python(name)) is None:
         return NOT_INSTALLED, {"error": "not installed", "peer": name}
     with tempfile.NamedTemporaryFile("w", suffix=".json", prefix=f"peer-{name}-", delete=False) as f:
         json.dump(spec, f)
         path = f.name
     try:
-        env = dict(os.environ)
-        env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO_ROOT), env.get("PYTHONPATH", "")) if p)
-        proc = subprocess.run([python, "-m", f"benchmarking.peers.{name}", action, "--spec", path],
-                              stdout=subprocess.PIPE, stderr=stderr, text=True, timeout=timeout, env=env,
+        command = peer_command(name, action, path, python)
+        assert command is not None
+        argv, env = command
+        proc = subprocess.run(argv, stdout=subprocess.PIPE, stderr=stderr, text=True, timeout=timeout, env=env,
                               cwd=str(REPO_ROOT))
     finally:
         os.unlink(path)

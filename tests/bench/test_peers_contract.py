@@ -157,3 +157,19 @@ def test_failed_run_reports_error_json_without_credentials(dataset):
     rc, result = run_peer("s3torch_iterable", "run", spec, python=sys.executable, stderr=subprocess.DEVNULL)
     assert rc == 1
     assert result["error"] and BENCH_CREDS["aws_secret_access_key"] not in result["error"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("peer", ["webdataset", "litdata", "mosaic"])
+def test_streaming_peer_in_its_venv_end_to_end(dataset, peer):
+    """Each installed streaming peer (benchmarking/peers/setup.sh): its own writer, then one epoch."""
+    if not (peers.VENVS / peer / "bin" / "python").exists():
+        pytest.skip(f"{peer} is not installed (bash benchmarking/peers/setup.sh {peer})")
+    server, spec = dataset
+    spec = dict(spec, num_workers=2, peer_prefix=f"peers/{peer}/")
+    rc, prep = run_peer(peer, "prepare", spec, stderr=subprocess.DEVNULL)
+    assert rc == 0 and prep["skipped"] is False, prep
+    rc, result = run_peer(peer, "run", spec, stderr=subprocess.DEVNULL)
+    assert rc == 0, result
+    _check_run(result, 16, 4)
+    assert result["peer"] == peer and result["sampling"]
