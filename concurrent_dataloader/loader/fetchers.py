@@ -26,7 +26,7 @@ from .. import telemetry
 from ..errors import annotate_sample_error
 from .adaptive import AIMDController, AsyncLimiter, Limiter, SharedBudget
 from .config import FetchConfig
-from .protocol import describe_index, is_fetch_decode
+from .protocol import ConcurrentDataset, describe_index, is_fetch_decode
 from .wrappers import batched_getitems, resolve as _resolve
 
 __all__ = ["BatchHandle", "SampleFetcher", "ThreadedFetcher", "AsyncioFetcher", "make_fetcher", "new_event_loop"]
@@ -65,7 +65,7 @@ def new_event_loop() -> asyncio.AbstractEventLoop:
 class BatchHandle:
     """The in-flight samples of one batch."""
 
-    __slots__ = ("indices", "_futures", "_batch_future", "_head")
+    __slots__ = ("indices", "_futures", "_batch_future", "_head", "_watch", "_finished")
 
     def __init__(self, indices: Sequence[Any], futures: list[cf.Future] | None = None,
                  batch_future: cf.Future | None = None, head: list[cf.Future] | None = None) -> None:
@@ -73,6 +73,8 @@ class BatchHandle:
         self._futures = futures
         self._batch_future = batch_future
         self._head = head or []  # samples loaded before the rest of the batch (the start-up probe)
+        self._watch: list[cf.Future] | None = None
+        self._finished = 0  # NOTE: _watch[:_finished] are done; a poll only looks beyond them
 
     def result(self, timeout: float | None = None) -> list[Any]:
         head = [f.result(timeout) for f in self._head]
@@ -81,16 +83,39 @@ class BatchHandle:
         return head + [f.result(timeout) for f in self._futures or []]
 
     def _all(self) -> list[cf.Future]:
-        rest = [self._batch_future] if self._batch_future is not None else list(self._futures or [])
-        return self._head + rest
+        if self._watch is None:
+            rest = [self._batch_future] if self._batch_future is not None else list(self._futures or [])
+            self._watch = self._head + rest
+        return self._watch
+
+    def _advance(self) -> cf.Future | None:
+        """The first future not yet done, or None. Amortized O(1): the cursor only moves on."""
+        watch = self._all()
+        while self._finished < len(watch):
+            f = watch[self._finished]
+            if not f.done():
+                return f
+            self._finished += 1
+        return None
 
     def done(self) -> bool:
-        return all(f.done() for f in self._all())
+        return self._advance() is None
 
     def wait(self, timeout: float | None) -> bool:
-        """Wait until every sample finished (or failed); False on timeout. Never raises."""
-        _, not_done = cf.wait(self._all(), timeout=timeout)
-        return not not_done
+        """Wait until every sample finished (or failed); False on timeout. Never raises.
+
+        NOTE: a worker polls this every few ms while its head batch loads; waiting on all N
+        futures each time would make a batch cost O(N x polls). We wait on one future at a time.
+        """
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            f = self._advance()
+            if f is None:
+                return True
+            remaining = None if deadline is None else deadline - time.monotonic()
+            if remaining is not None and remaining <= 0:
+                return False
+            cf.wait([f], timeout=remaining)
 
     def cancel(self) -> None:
         for f in self._all():
@@ -98,9 +123,14 @@ class BatchHandle:
 
 
 class _DeferredBatch(BatchHandle):
-    """A batch loaded one sample at a time by whichever thread first waits for it."""
+    """A batch loaded one sample at a time by whichever thread first waits for it.
 
-    __slots__ = ("_load", "_cancelled", "_stats")
+    NOTE: no future per sample (a ``cf.Future`` costs a condition variable): samples go straight
+    into a list and loading stops at the first error, as in torch's fetcher. The error raised is
+    the first by position, as on the concurrent paths.
+    """
+
+    __slots__ = ("_load", "_cancelled", "_stats", "_results", "_error")
 
     def __init__(self, indices: Sequence[Any], load: Callable[[Any], Any], head: list[cf.Future] | None,
                  stats: telemetry.StatsRow | None = None) -> None:
@@ -108,32 +138,32 @@ class _DeferredBatch(BatchHandle):
         self._load: Callable[[Any], Any] | None = load
         self._cancelled = False
         self._stats = stats  # the caller's thread counts into the loader's row (NOTE [ Stats sink ])
+        self._results: list[Any] = []
+        self._error: BaseException | None = None
 
     def _run(self) -> None:
         load, self._load = self._load, None
         if load is None:
             return
-        futures = []
+        results = self._results
         with telemetry.sink(self._stats):
-            self._load_all(load, futures)
-        self._futures = futures
-
-    def _load_all(self, load: Callable[[Any], Any], futures: list[cf.Future]) -> None:
-        for i in self.indices[len(self._head):]:
-            f: cf.Future = cf.Future()
-            if self._cancelled:
-                f.cancel()
-                f.set_running_or_notify_cancel()  # counts as done for cf.wait
-            else:
+            for i in self.indices[len(self._head):]:
+                if self._cancelled:
+                    return
                 try:
-                    f.set_result(load(i))
+                    results.append(load(i))
                 except Exception as exc:  # delivered by result(), like a pool task's error
-                    f.set_exception(exc)
-            futures.append(f)
+                    self._error = exc
+                    return
 
     def result(self, timeout: float | None = None) -> list[Any]:
         self._run()
-        return super().result(timeout)
+        head = [f.result(timeout) for f in self._head]
+        if self._cancelled:
+            raise cf.CancelledError("batch cancelled")
+        if self._error is not None:
+            raise self._error
+        return head + self._results
 
     def wait(self, timeout: float | None) -> bool:
         self._run()
@@ -161,6 +191,7 @@ class SampleFetcher:
             self.controller = AIMDController(config.concurrency, budget=budget, slot=slot,
                                              throttle_count=(lambda: row.value("throttled")) if row else None)
         self._closed = False
+        self._fd_cache: dict[int, tuple[Any, bool]] = {}
 
     @property
     def closed(self) -> bool:
@@ -187,21 +218,29 @@ class SampleFetcher:
         if self.controller is not None:
             self.controller.on_complete(time.perf_counter() - began, True)
 
-    # Inline mode: when fetching costs far less than decoding and this process has one core's
-    # share, concurrency cannot help (the CPU is the bottleneck) and thread hand-offs cost ~0.2 ms
-    # of CPU per sample (measured on local disk). Then a batch is loaded in the calling thread,
-    # as torch does; a rising fetch latency switches concurrency back on (hysteresis).
+    # Inline mode: a batch is loaded in the calling thread, as torch does, when concurrency cannot
+    # help and thread hand-offs (~0.1-0.2 ms of CPU per sample) would only add cost:
+    # * a trivial sample: loading one (fetch + decode, or a plain __getitem__) costs less than a
+    #   hand-off (TRIVIAL_ENTER); large batches of cheap samples (embeddings, tabular rows) then
+    #   cost little more than in torch;
+    # * fetching costs far less than decoding and this process has one core's share: the CPU is
+    #   the bottleneck (measured on local disk).
+    # A rising cost switches concurrency back on (hysteresis: *_EXIT > *_ENTER).
     # Latencies measured under full concurrency are inflated by queueing (an aiofiles read waits
     # ~4 ms behind 31 others), so the first batch starts with a probe: PROBE_SAMPLES samples
-    # loaded one at a time through the engine's own path, the first one discarded (cold
-    # connections, lazy imports), the last one deciding the mode.
+    # loaded one at a time, the first one discarded (cold connections, lazy imports), the last
+    # one deciding the mode. A fetch/decode dataset is probed through the engine's own path (its
+    # async fetch may differ); a plain __getitem__ is the same function on every path, so it is
+    # probed in the calling thread, without a hand-off inflating its cost.
     INLINE_ENTER, INLINE_EXIT, INLINE_MIN_SAMPLES, PROBE_SAMPLES = 0.2, 0.4, 32, 2
+    TRIVIAL_ENTER, TRIVIAL_EXIT = 50e-6, 150e-6
 
     _fetch_ewma: float | None = None
     _decode_ewma: float | None = None
     _observed = 0
     _inline = False
     _probed = False
+    _first_index: Any = 0
 
     def _note(self, fetch_s: float | None = None, decode_s: float | None = None) -> None:
         # NOTE: updated from several threads without a lock; a lost update only nudges an average.
@@ -215,34 +254,74 @@ class SampleFetcher:
             d = self._decode_ewma
             self._decode_ewma = decode_s if d is None else 0.9 * d + 0.1 * min(decode_s, 4 * d)
 
+    def _uses_fetch_decode(self, ds: Any) -> bool:
+        """``is_fetch_decode(ds)``, cached per dataset object (it walks the class hierarchy)."""
+        hit = self._fd_cache.get(id(ds))
+        if hit is None or hit[0] is not ds:
+            hit = self._fd_cache[id(ds)] = (ds, is_fetch_decode(ds))
+        return hit[1]
+
+    def _fetch_decode_first(self) -> bool:
+        return self._uses_fetch_decode(_resolve(self.dataset, self._first_index)[0])
+
     def _may_inline(self) -> bool:
-        return (self.controller is None and self._decode_slots == 1
-                and is_fetch_decode(_resolve(self.dataset, 0)[0]))
+        return self.controller is None
 
     def _should_inline(self) -> bool:
         f, d = self._fetch_ewma, self._decode_ewma
-        if f is None or d is None or self._observed < self.INLINE_MIN_SAMPLES or not self._may_inline():
+        if f is None or self._observed < self.INLINE_MIN_SAMPLES or not self._may_inline():
             return False
-        self._inline = f < (self.INLINE_EXIT if self._inline else self.INLINE_ENTER) * d
+        fetch_decode = self._fetch_decode_first()
+        if fetch_decode and d is None:
+            return False
+        cost = f + (d or 0.0)
+        trivial = cost < (self.TRIVIAL_EXIT if self._inline else self.TRIVIAL_ENTER)
+        cpu_bound = (fetch_decode and self._decode_slots == 1
+                     and f < (self.INLINE_EXIT if self._inline else self.INLINE_ENTER) * (d or 0.0))
+        self._inline = trivial or cpu_bound
         return self._inline
 
     def _submit_one(self, index: Any) -> cf.Future:
         raise NotImplementedError
 
+    def _sync_fetch_is_the_same(self, ds: Any) -> bool:
+        """Whether this engine fetches ``ds`` with its blocking ``fetch_raw``, timed without a hand-off."""
+        return False
+
+    def _load_here(self, index: Any) -> cf.Future:
+        """Load one sample in the calling thread; its outcome as a finished future."""
+        f: cf.Future = cf.Future()
+        f.set_running_or_notify_cancel()
+        with telemetry.sink(self.stats):
+            try:
+                f.set_result(self._load_sync(index))
+            except Exception as exc:
+                f.set_exception(exc)
+        return f
+
     def _probe(self, indices: Sequence[Any]) -> list[cf.Future]:
         """Load the batch's first samples alone (nothing else in flight) and seed the averages."""
         self._probed = True
+        if not indices:
+            return []
+        self._first_index = indices[0]
         if not self._may_inline():
             return []
+        ds = _resolve(self.dataset, indices[0])[0]
+        fetch_decode = self._uses_fetch_decode(ds)
+        through_engine = fetch_decode and not self._sync_fetch_is_the_same(ds)
         probes = indices[: self.PROBE_SAMPLES]
         head = []
         for n, i in enumerate(probes):
             if n == len(probes) - 1:
                 self._fetch_ewma = self._decode_ewma = None  # only the last (warm) probe counts
-            f = self._submit_one(i)
-            cf.wait([f])
+            if through_engine:
+                f = self._submit_one(i)
+                cf.wait([f])
+            else:
+                f = self._load_here(i)
             head.append(f)
-        if self._fetch_ewma is not None and self._decode_ewma is not None:
+        if self._fetch_ewma is not None and (self._decode_ewma is not None or not fetch_decode):
             self._observed = max(self._observed, self.INLINE_MIN_SAMPLES)
         return head
 
@@ -262,10 +341,11 @@ class SampleFetcher:
         return sample
 
     def _record(self, began: float, raw: Any) -> None:
-        self._note(fetch_s=time.perf_counter() - began)
+        elapsed = time.perf_counter() - began
+        self._note(fetch_s=elapsed)
         stats = self.stats
         if stats is not None:
-            stats.observe(time.perf_counter() - began)
+            stats.observe(elapsed)
             if isinstance(raw, (bytes, bytearray, memoryview)):
                 stats.add("bytes", len(raw))
 
@@ -275,8 +355,12 @@ class SampleFetcher:
 
     def _fetch_step(self, ds: Any, i: Any, index: Any) -> Any:
         try:
-            with self._gate, self._measured() as began:
+            if self.controller is None:  # the per-sample hot path of cheap samples: no context managers
+                began = time.perf_counter()
                 raw = ds.fetch_raw(i)
+            else:
+                with self._gate, self._measured() as began:
+                    raw = ds.fetch_raw(i)
         except Exception as exc:
             self._record_sample(False)
             raise annotate_sample_error(exc, index, describe_index(ds, i))
@@ -294,17 +378,25 @@ class SampleFetcher:
 
     def _load_sync(self, index: Any) -> Any:
         ds, i = _resolve(self.dataset, index)
-        if is_fetch_decode(ds):
+        if self._uses_fetch_decode(ds):
             raw = self._fetch_step(ds, i, index)
             with self._decode_gate:
                 return self._decode_step(ds, i, index, raw)
-        try:
-            with self._gate, self._measured() as began:
+        if self.controller is not None:
+            try:
+                with self._gate, self._measured() as began:
+                    sample = ds[i]
+            except Exception as exc:
+                self._record_sample(False)
+                raise annotate_sample_error(exc, index, describe_index(ds, i))
+        else:  # the per-sample hot path of cheap samples: no context managers
+            began = time.perf_counter()
+            try:
                 sample = ds[i]
-            self._record(began, None)
-        except Exception as exc:
-            self._record_sample(False)
-            raise annotate_sample_error(exc, index, describe_index(ds, i))
+            except Exception as exc:
+                self._record_sample(False)
+                raise annotate_sample_error(exc, index, describe_index(ds, i))
+        self._record(began, None)
         self._record_sample(True)
         return sample
 
@@ -378,7 +470,7 @@ class ThreadedFetcher(SampleFetcher):
 
     def _submit_one(self, index: Any) -> cf.Future:
         ds, i = _resolve(self.dataset, index)
-        if not is_fetch_decode(ds):
+        if not self._uses_fetch_decode(ds):
             return self._pool.submit(self._load_sync, index)
         out: cf.Future = cf.Future()
         fetched = self._pool.submit(self._fetch_step, ds, i, index)
@@ -484,7 +576,7 @@ class AsyncioFetcher(SampleFetcher):
         ds, i = _resolve(self.dataset, index)
         loop = asyncio.get_running_loop()
         try:
-            if not is_fetch_decode(ds):
+            if not self._uses_fetch_decode(ds):
                 async with self._limiter:
                     with self._measured() as began:
                         sample = await loop.run_in_executor(self._io_pool, operator.getitem, ds, i)
@@ -533,6 +625,11 @@ class AsyncioFetcher(SampleFetcher):
 
     def _submit_one(self, index: Any) -> cf.Future:
         return asyncio.run_coroutine_threadsafe(self._load(index), self._loop)
+
+    def _sync_fetch_is_the_same(self, ds: Any) -> bool:
+        # The default fetch_raw_async runs fetch_raw in an executor: the same fetch, but timed on
+        # the loop it would include the hand-off. A real async client is probed on the loop.
+        return getattr(type(ds), "fetch_raw_async", None) is ConcurrentDataset.fetch_raw_async
 
     def close(self) -> None:
         if self._closed:
