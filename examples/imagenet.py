@@ -6,6 +6,11 @@ checkpoints), with the data loading of ``concurrent_dataloader``:
     python examples/imagenet.py --dataset s3 --s3-credential-file s3_credentials.json \\
         --index-file index-s3-train.json --classes-file imagenet-train-classes.json --loader ours
 
+``--decoder torchvision`` decodes JPEGs with torchvision straight from the bytes and uses
+``concurrent_dataloader.transforms`` (uint8 crops, 4x less data through collate and pinning);
+the batch is converted and normalised on the training device (``normalize`` after ``.to``).
+``--decoder pil`` (default) is the usual PIL recipe with ToTensor + Normalize in the workers.
+
 ``--loader ours`` uses our DataLoader; ``torch`` the stock one; ``monkeypatch`` the stock one with
 our worker loop patched in (``torch.utils.data._utils.worker._worker_loop = _worker_loop``), as
 the original project showed. Every epoch prints img/s and how the time split between waiting
@@ -46,6 +51,7 @@ import torchvision.transforms as T
 # The original project's import paths (kept working by the package).
 from concurrent_dataloader.dataloader_mod.dataloader import DataLoader as DataLoaderParallel
 from concurrent_dataloader.dataloader_mod.worker import _worker_loop as _worker_loop_parallel
+from concurrent_dataloader.transforms import IMAGENET_MEAN, IMAGENET_STD, eval_transform, normalize, train_transform
 
 MODEL_NAMES = sorted(name for name in models.__dict__ if name.islower() and not name.startswith("__")
                      and callable(models.__dict__[name]))
@@ -71,6 +77,9 @@ def build_parser() -> argparse.ArgumentParser:
     data.add_argument("--bucket", default=None, help="bucket (overrides bucket_name in the credential file)")
     data.add_argument("--s3-client", choices=["botocore", "lean"], default="botocore",
                       help="S3 client: botocore/aiobotocore, or the lean raw-HTTP client (far less CPU per GET)")
+    data.add_argument("--decoder", choices=["pil", "torchvision"], default="pil",
+                      help="pil: PIL decode + torchvision transforms + Normalize in the workers; torchvision: "
+                      "decode_jpeg + uint8 transforms in the workers, normalize on the device (docs/decode.md)")
     load = p.add_argument_group("loading")
     load.add_argument("--loader", choices=["ours", "torch", "monkeypatch"], default="ours")
     load.add_argument("-j", "--workers", type=int, default=4, help="DataLoader worker processes")
@@ -121,7 +130,8 @@ def make_dataset(args: argparse.Namespace, dataset_type: str, index_file: str, c
 
     kwargs: dict[str, Any] = dict(dataset_type=dataset_type, limit=args.dataset_limit, use_cache=args.use_cache,
                                   index_file=index_file, classes_file=classes_file,
-                                  s3_credential_file=args.s3_credential_file, transform=transform)
+                                  s3_credential_file=args.s3_credential_file, transform=transform,
+                                  decoder=args.decoder)
     if args.dataset == "scratch":
         return get_dataset("scratch", root=args.data_root, **kwargs)
     pool = max(64, args.num_fetch_workers)
@@ -134,7 +144,8 @@ def make_dataset(args: argparse.Namespace, dataset_type: str, index_file: str, c
                             endpoint_url=args.endpoint_url or creds.endpoint_url, region_name=creds.region_name,
                             max_pool_connections=pool, **creds.client_options())
         ds.close()
-        ds = ImageDataset(store, ds.keys, ds.labels, transform=transform, cache=ds.cache, classes=ds.classes)
+        ds = ImageDataset(store, ds.keys, ds.labels, transform=transform, cache=ds.cache, classes=ds.classes,
+                          decoder=args.decoder)
     return ds
 
 
@@ -202,6 +213,8 @@ def run_epoch(loader: Any, model: nn.Module, criterion: nn.Module, optimizer: An
             data_s = time.perf_counter() - end  # NOTE: time blocked waiting for the loader
             t = time.perf_counter()
             images = images.to(device, non_blocking=True)
+            if images.dtype == torch.uint8:  # --decoder torchvision: uint8 batches, normalised here
+                images = normalize(images)
             target = target.to(device, non_blocking=True)
             output = model(images)
             loss = criterion(output, target)
@@ -336,10 +349,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
 
 def _train(args: argparse.Namespace, rank: int, world: int, device: torch.device) -> dict[str, Any]:
-    normalize = T.Normalize(mean=[0.485, 0.456, 0.406], std=[0.229, 0.224, 0.225])
-    train_tf = T.Compose([T.RandomResizedCrop(args.image_size), T.RandomHorizontalFlip(), T.ToTensor(), normalize])
-    val_tf = T.Compose([T.Resize(int(math.ceil(args.image_size * 256 / 224))), T.CenterCrop(args.image_size),
-                        T.ToTensor(), normalize])
+    resize = int(math.ceil(args.image_size * 256 / 224))
+    if args.decoder == "torchvision":
+        train_tf: Any = train_transform(args.image_size)  # uint8 out; normalize() runs on the device
+        val_tf: Any = eval_transform(args.image_size, resize)
+    else:
+        norm = T.Normalize(mean=IMAGENET_MEAN, std=IMAGENET_STD)
+        train_tf = T.Compose([T.RandomResizedCrop(args.image_size), T.RandomHorizontalFlip(), T.ToTensor(), norm])
+        val_tf = T.Compose([T.Resize(resize), T.CenterCrop(args.image_size), T.ToTensor(), norm])
     train_ds = make_dataset(args, "train", args.index_file, args.classes_file, train_tf)
     val_ds = (make_dataset(args, "val", args.val_index_file, args.val_classes_file, val_tf)
               if args.val_index_file else None)

@@ -395,3 +395,30 @@ def test_converted_fixed_size_readers_refuse_a_decoder(tmp_path):
                                    shape=(8, 8), im_mode="RGB").convert()
     with pytest.raises(ConfigError, match="does not decode encoded images"):
         get_format("memmap").reader(str(tmp_path / "m"), decoder="torchvision")
+
+
+# ------------------------------------------------------------------ examples/imagenet.py --decoder
+def test_imagenet_example_trains_with_torchvision_decoder(tmp_path, capsys):
+    import importlib.util
+    from pathlib import Path
+
+    from benchmarking.make_synthetic import SyntheticSpec, make_synthetic
+
+    d = tmp_path / "tiny"
+    make_synthetic(d, SyntheticSpec(train=24, val=8, classes=3, width=64, height=48, target_kb=3, seed=1),
+                   progress=False)
+    path = Path(__file__).resolve().parents[2] / "examples" / "imagenet.py"
+    spec = importlib.util.spec_from_file_location("imagenet_example_decode", path)
+    example = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(example)
+    seen = []
+    real_normalize = example.normalize
+    example.normalize = lambda x: seen.append((x.dtype, tuple(x.shape))) or real_normalize(x)
+    result = example.main([
+        "--dataset", "scratch", "--data-root", str(d), "--index-file", str(d / "index-scratch-train.json"),
+        "--classes-file", str(d / "imagenet-train-classes.json"), "--val-index-file", str(d / "index-scratch-val.json"),
+        "--val-classes-file", str(d / "imagenet-val-classes.json"), "--decoder", "torchvision", "--image-size", "32",
+        "-b", "8", "-j", "1", "--epochs", "1", "--steps-per-epoch", "2", "--val-steps", "1", "--print-freq", "100",
+        "--seed", "0", "--num-fetch-workers", "4", "--no-checkpoint"])
+    assert result["history"][-1]["train"]["n"] == 16 and result["history"][-1]["val"]["n"] == 8
+    assert seen and all(s == (torch.uint8, (8, 3, 32, 32)) for s in seen)  # uint8 batches, normalised after .to()
