@@ -27,12 +27,12 @@ from __future__ import annotations
 import io
 import os
 import struct
-import tempfile
 from pathlib import Path
 from typing import Any, BinaryIO, Callable, Iterable, Iterator, Mapping, Sequence
 
 from torch.utils.data import IterableDataset, get_worker_info
 
+from .._atomic import AtomicFile
 from ..errors import DataFormatError
 
 __all__ = [
@@ -279,8 +279,8 @@ class TFRecordWriter:
     def __init__(self, path: str | os.PathLike) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd, self._tmp = tempfile.mkstemp(dir=self.path.parent, prefix=f".{self.path.name}.", suffix=".tmp")
-        self._file: BinaryIO | None = os.fdopen(fd, "wb")
+        self._atomic = AtomicFile(self.path, "wb", fsync=True)  # NOTE: the file's mode follows the umask
+        self._file: BinaryIO | None = self._atomic.file
         self.records = 0
         self.bytes_written = 0
 
@@ -300,26 +300,13 @@ class TFRecordWriter:
         """Flush, fsync and rename into place."""
         if self._file is None:
             return
-        f, self._file = self._file, None
-        try:
-            f.flush()
-            os.fsync(f.fileno())
-            f.close()
-            os.replace(self._tmp, self.path)
-        except BaseException:
-            f.close()
-            self.abort()
-            raise
+        self._file = None
+        self._atomic.commit()
 
     def abort(self) -> None:
         """Discard what was written; ``path`` is not touched."""
-        if self._file is not None:
-            self._file.close()
-            self._file = None
-        try:
-            os.unlink(self._tmp)
-        except FileNotFoundError:
-            pass
+        self._file = None
+        self._atomic.discard()
 
     def __enter__(self) -> "TFRecordWriter":
         return self

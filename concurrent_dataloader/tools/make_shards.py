@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
+from .._atomic import AtomicFile
 from ..errors import ConfigError, DataFormatError
 
 __all__ = ["ShardWriter", "ShardSample", "collect_image_folder", "collect_index_file", "write_shards", "parse_size",
@@ -143,26 +144,40 @@ class _Output:
             self.dir.mkdir(parents=True, exist_ok=True)
         self.output = output
 
-    def temp(self, name: str) -> tuple[Any, str]:
-        fd, tmp = tempfile.mkstemp(dir=self.dir, prefix=f".{name}.", suffix=".tmp")
-        return os.fdopen(fd, "w+b"), tmp
-
-    def commit(self, tmp: str, name: str) -> str:
+    def temp(self, name: str) -> "AtomicFile | _Upload":
+        """Where ``name`` is written before :meth:`commit` publishes it (``.file``, ``.discard()``)."""
         if self.store is None:
-            os.replace(tmp, self.dir / name)
-            return str(self.dir / name)
+            return AtomicFile(self.dir / name, "w+b", fsync=True)
+        return _Upload()
+
+    def commit(self, staged: "AtomicFile | _Upload", name: str) -> str:
+        if isinstance(staged, AtomicFile):
+            return str(staged.commit())
         try:
-            with open(tmp, "rb") as f:
-                self.store.put(name, f.read())
+            staged.file.seek(0)
+            self.store.put(name, staged.file.read())
         finally:
-            os.unlink(tmp)
+            staged.discard()
         return self.store.describe(name)
 
     def put_bytes(self, name: str, data: bytes) -> str:
-        f, tmp = self.temp(name)
-        with f:
-            f.write(data)
-        return self.commit(tmp, name)
+        staged = self.temp(name)
+        try:
+            staged.file.write(data)
+        except BaseException:
+            staged.discard()
+            raise
+        return self.commit(staged, name)
+
+
+class _Upload:
+    """A shard on its way to a remote store: an anonymous temporary file (no name, no mode)."""
+
+    def __init__(self) -> None:
+        self.file = tempfile.TemporaryFile("w+b")
+
+    def discard(self) -> None:
+        self.file.close()
 
 
 class ShardWriter:
@@ -174,7 +189,7 @@ class ShardWriter:
         self.max_size, self.max_count, self.compress = max_size, max_count, compress
         self.suffix = ".tar.gz" if compress else ".tar"
         self.shards: list[dict[str, Any]] = []
-        self._file = self._tar = self._tmp = self._gz = None
+        self._file = self._tar = self._staged = self._gz = None
         self._size = self._count = 0
 
     @staticmethod
@@ -183,7 +198,8 @@ class ShardWriter:
 
     def _open(self) -> None:
         name = f"{self.prefix}-{len(self.shards):06d}{self.suffix}"
-        self._file, self._tmp = self.output.temp(name)
+        self._staged = self.output.temp(name)
+        self._file = self._staged.file
         self._name = name
         target = self._file
         if self.compress:
@@ -199,12 +215,9 @@ class ShardWriter:
         self._tar.close()
         if self._gz is not None:
             self._gz.close()
-        self._file.flush()
-        os.fsync(self._file.fileno())
-        self._file.close()
-        location = self.output.commit(self._tmp, self._name)
+        location = self.output.commit(self._staged, self._name)
         self.shards.append({"name": self._name, "records": self._count, "location": location})
-        self._tar = self._file = self._gz = self._tmp = None
+        self._tar = self._file = self._gz = self._staged = None
 
     def write(self, key: str, files: dict[str, bytes]) -> None:
         size = self.record_size(files)
@@ -226,15 +239,15 @@ class ShardWriter:
 
     def abort(self) -> None:
         """Drop the shard being written (its temp file); finished shards stay."""
-        for obj in (self._tar, self._gz, self._file):
+        for obj in (self._tar, self._gz):
             try:
                 if obj is not None:
                     obj.close()
             except Exception:
                 pass
-        if self._tmp is not None and os.path.exists(self._tmp):
-            os.unlink(self._tmp)
-        self._tar = self._file = self._gz = self._tmp = None
+        if self._staged is not None:
+            self._staged.discard()
+        self._tar = self._file = self._gz = self._staged = None
 
 
 def write_shards(samples: list[ShardSample], classes: list[str], output: str, prefix: str = "shard",
