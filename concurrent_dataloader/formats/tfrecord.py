@@ -19,14 +19,19 @@ fields. The wire format is small and stable, so we encode it directly:
   The decoder also accepts unpacked repeated scalars and skips unknown fields, as protobuf does.
 
 Files written here are read by ``tf.data.TFRecordDataset`` and ``tf.io.parse_single_example``,
-and files TensorFlow wrote are read by :func:`read_tfrecords` / :func:`decode_example`.
+and files TensorFlow wrote are read by :func:`read_tfrecords` / :func:`decode_example`,
+including files written with TensorFlow's ``compression_type="GZIP"`` or ``"ZLIB"``: the reader
+recognises them by their first bytes (when they are not a valid uncompressed record header: a
+gzip magic ``1f 8b``, or a zlib header) and decompresses while it reads.
 """
 
 from __future__ import annotations
 
+import gzip
 import io
 import os
 import struct
+import zlib
 from pathlib import Path
 from typing import Any, BinaryIO, Callable, Iterable, Iterator, Mapping, Sequence
 
@@ -335,12 +340,69 @@ def _read_exact(f: BinaryIO, n: int) -> bytes:
     return parts[0] if len(parts) == 1 else b"".join(parts)
 
 
+class _Prefixed(io.RawIOBase):
+    """``head`` followed by the rest of ``f``: puts back the bytes read to detect compression."""
+
+    def __init__(self, head: bytes, f: BinaryIO) -> None:
+        self._head, self._f = head, f
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, b: Any) -> int:
+        if self._head:
+            n = min(len(b), len(self._head))
+            b[:n] = self._head[:n]
+            self._head = self._head[n:]
+            return n
+        data = self._f.read(len(b))
+        b[:len(data)] = data
+        return len(data)
+
+
+class _ZlibReader(io.RawIOBase):
+    """A zlib stream (TensorFlow's ``"ZLIB"`` compression), decompressed while it is read."""
+
+    def __init__(self, f: BinaryIO) -> None:
+        self._f, self._z, self._buf = f, zlib.decompressobj(), b""
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, b: Any) -> int:
+        while not self._buf and not self._z.eof:
+            chunk = self._f.read(1 << 16)
+            self._buf = self._z.decompress(chunk) if chunk else self._z.flush()
+            if not chunk:
+                if not self._z.eof:
+                    raise EOFError("compressed stream ended before the end-of-stream marker")
+                break
+        n = min(len(b), len(self._buf))
+        b[:n] = self._buf[:n]
+        self._buf = self._buf[n:]
+        return n
+
+
+def _detect_compression(head: bytes) -> str:
+    """``""``, ``"gzip"`` or ``"zlib"`` from a file's first 12 bytes. A valid uncompressed record
+    header wins (its length could start with any bytes); otherwise the magic bytes decide."""
+    if len(head) == 12 and struct.unpack("<I", head[8:])[0] == masked_crc32c(head[:8]):
+        return ""
+    if head[:2] == b"\x1f\x8b":
+        return "gzip"
+    if len(head) >= 2 and head[0] & 0x0F == 8 and head[0] >> 4 <= 7 and (head[0] << 8 | head[1]) % 31 == 0:
+        return "zlib"
+    return ""
+
+
 def read_tfrecords(source: str | os.PathLike | BinaryIO | bytes, verify: bool = True,
                    name: str | None = None) -> Iterator[bytes]:
-    """Yield the records of a TFRecord file (path, binary file object or bytes).
+    """Yield the records of a TFRecord file (path, binary file object or bytes), uncompressed or
+    compressed with GZIP or ZLIB (detected from the first bytes, as TensorFlow writes them).
 
     With ``verify`` (the default) both CRCs of every record are checked; a mismatch or a
-    truncated record raises :class:`DataFormatError` naming the file, record number and offset.
+    truncated record raises :class:`DataFormatError` naming the file, record number and offset
+    (in the uncompressed stream for a compressed file).
     """
     if isinstance(source, (bytes, bytearray, memoryview)):
         yield from read_tfrecords(io.BytesIO(bytes(source)), verify, name or "<bytes>")
@@ -351,12 +413,32 @@ def read_tfrecords(source: str | os.PathLike | BinaryIO | bytes, verify: bool = 
         return
     f = source
     name = name or getattr(f, "name", "<stream>")
+    head = _read_exact(f, 12)
+    compression = _detect_compression(head)
+    rest = io.BufferedReader(_Prefixed(head, f), _CHUNK)
+    if compression == "gzip":
+        stream: BinaryIO = gzip.GzipFile(fileobj=rest, mode="rb")  # type: ignore[assignment]
+    elif compression == "zlib":
+        stream = io.BufferedReader(_ZlibReader(rest), _CHUNK)  # type: ignore[assignment]
+    else:
+        stream = rest  # type: ignore[assignment]
+    try:
+        yield from _read_frames(stream, verify, name, compression)
+    except (OSError, EOFError, zlib.error) as exc:
+        if not compression or isinstance(exc, DataFormatError):
+            raise
+        raise DataFormatError(f"{name}: {compression}-compressed TFRecord file is corrupt or truncated "
+                              f"({type(exc).__name__}: {exc})") from None
+
+
+def _read_frames(f: BinaryIO, verify: bool, name: str, compression: str) -> Iterator[bytes]:
     number, offset = 0, 0
+    kind = f" ({compression}-compressed; offsets are uncompressed)" if compression else ""
     while True:
         header = _read_exact(f, 12)
         if not header:
             return
-        where = f"{name}: record {number} at byte {offset}"
+        where = f"{name}: record {number} at byte {offset}{kind}"
         if len(header) < 12:
             raise DataFormatError(f"{where}: truncated header ({len(header)} of 12 bytes)")
         (length,) = struct.unpack("<Q", header[:8])
