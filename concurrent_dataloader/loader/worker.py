@@ -21,12 +21,14 @@ from .. import telemetry
 from . import _torch_compat
 from .config import FetchConfig, budget_from_init_fn, config_from_init_fn, stats_block_from_init_fn
 from .fetchers import SampleFetcher, make_fetcher
+from .orphan import watch_parent
 from .pipeline import PipelineFetcher, ReadAhead
 
 __all__ = ["_worker_loop"]
 
 
 def _worker_loop(*args: Any, **kwargs: Any) -> None:
+    watch_parent()  # exit even mid-batch when the training process dies (see orphan.py)
     bound = _torch_compat.bind_worker_args(args, kwargs)
     a = bound.arguments
     if not _torch_compat.is_map_kind(a["dataset_kind"]):

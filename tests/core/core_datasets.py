@@ -201,3 +201,42 @@ def bad_collate(batch):
 def pair_collate(batch):
     """A custom collate that keeps a python structure (not default_collate)."""
     return [int(s["x"][0]) for s in batch], torch.stack([s["x"] for s in batch])
+
+
+class MarkedStall(ConcurrentDataset):
+    """Every sample stalls for a minute (a hung store) after leaving ``<marker_dir>/started-<pid>``:
+    the async fetch awaits (the event loop is busy), the sync fetch sleeps (a fetch thread)."""
+
+    def __init__(self, marker_dir: str, n: int = 64) -> None:
+        self.marker_dir, self.n = marker_dir, n
+
+    def __len__(self) -> int:
+        return self.n
+
+    def _mark(self) -> None:
+        with open(os.path.join(self.marker_dir, f"started-{os.getpid()}"), "w"):
+            pass
+
+    def fetch_raw(self, i: int):
+        self._mark()
+        time.sleep(60)
+        return i
+
+    async def fetch_raw_async(self, i: int):
+        import asyncio
+
+        self._mark()
+        await asyncio.sleep(60)
+        return i
+
+    def decode(self, i: int, raw):
+        return torch.tensor([raw])
+
+
+class PlainMarkedStall(MarkedStall):
+    """The same stall behind a plain ``__getitem__`` (no fetch/decode split)."""
+
+    fetch_raw_async = None  # type: ignore[assignment]  # not the protocol: loaded by __getitem__
+
+    def __getitem__(self, i: int):
+        return self.decode(i, self.fetch_raw(i))
