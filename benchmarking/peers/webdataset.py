@@ -1,12 +1,12 @@
 """WebDataset: tar shards written by ``ShardWriter``, streamed over plain HTTP GETs.
 
-Best mode (WebDataset docs, "Sharding, Parallel I/O, and DataLoader" and the README's
-"WebDataset + DataLoader" section): one sequential GET per shard through its own ``gopen`` (``curl``
-for http URLs), the shard list shuffled (``shardshuffle=<number of shards>``, an integer as 1.x
-asks) and split across DataLoader workers (the default ``split_by_worker``), a sample shuffle
-buffer (``.shuffle(N)``), and **batching inside the workers** (``.batched(batch_size)`` with
-``WebLoader(batch_size=None)``), which the docs call important for efficiency because moving single
-samples between processes is slow. Endpoint: shards are plain URLs on the benchmark server
+Best mode (webdataset 1.0.2 README, its pipeline example: shuffle the shards, ``split_by_worker``,
+``tarfile_to_samples``, a sample shuffle buffer "usually ... like 1000", decode, ``batched`` at the
+end; and the author's distributed example tmbdev/wds-distributed: batch **inside** the workers with
+``WebLoader(batch_size=None)`` because "transferring individual samples is slow"): one sequential
+GET per shard through its own ``gopen`` (``curl`` for http URLs), ``shardshuffle=<number of shards>``
+(1.x warns unless it is an integer), the default ``split_by_worker``, ``.shuffle(shuffle_buffer)``,
+``.batched(batch_size)``. Endpoint: shards are plain URLs on the benchmark server
 (``http://HOST:PORT/bucket/key``); the server does not check signatures, so unsigned GETs work.
 The JPEG bytes are decoded by the shared recipe (same code as every peer) instead of
 ``.decode("pil")``, which does the same PIL decode.
