@@ -25,7 +25,8 @@ from typing import Any, Callable, Sequence
 
 from .errors import ConfigError
 
-__all__ = ["DECODERS", "DECODE_DEVICES", "decode_image", "check_decoder", "check_decode_device", "encoded_image",
+__all__ = ["DECODERS", "DECODE_DEVICES", "decode_image", "check_decoder", "check_decode_device", "EncodedImage",
+           "encoded_image",
            "decode_batch", "collate_encoded", "image_size", "pil_to_tensor", "is_jpeg"]
 
 # NOTE [ torchvision decode fallbacks ]
@@ -194,14 +195,30 @@ def decode_image(raw: bytes | bytearray | memoryview, decoder: str = "pil") -> A
 
 
 # ---------------------------------------------------------------------------------------- GPU path
-def encoded_image(raw: bytes | bytearray | memoryview) -> Any:
-    """What a fetch worker hands on when ``decode_device="cuda"``: the bytes as a 1-D uint8 tensor
-    (shared memory carries it to the main process; no decode in the worker)."""
-    return _byte_tensor(raw)
+class EncodedImage:
+    """What a fetch worker hands on when ``decode_device="cuda"``: the encoded bytes as a 1-D uint8
+    tensor (``data``; shared memory carries it to the main process, nothing is decoded in the
+    worker), with the dataset ``index`` and ``key`` so that a decode error can name the sample."""
+
+    __slots__ = ("data", "index", "key")
+
+    def __init__(self, data: Any, index: int | None = None, key: str | None = None) -> None:
+        self.data, self.index, self.key = data, index, key
+
+    def __reduce__(self):
+        return (EncodedImage, (self.data, self.index, self.key))
+
+    def __repr__(self) -> str:
+        return f"EncodedImage({self.data.numel()} bytes, index={self.index}, key={self.key!r})"
+
+
+def encoded_image(raw: bytes | bytearray | memoryview, index: int | None = None,
+                  key: str | None = None) -> EncodedImage:
+    return EncodedImage(_byte_tensor(raw), index, key)
 
 
 def collate_encoded(batch: Sequence[tuple[Any, Any]]) -> tuple[list[Any], Any]:
-    """``collate_fn`` for ``decode_device="cuda"`` datasets: ``(list of byte tensors, labels)``.
+    """``collate_fn`` for ``decode_device="cuda"`` datasets: ``(list of EncodedImage, labels)``.
     (The default collate would try to stack byte strings of different lengths.)"""
     from torch.utils.data import default_collate
 
@@ -214,14 +231,18 @@ def decode_batch(encoded: Sequence[Any], device: str | Any = "cuda", transform: 
     """Main-process half of the GPU path: decode a batch of encoded images on ``device`` and
     apply ``transform`` there.
 
+    ``encoded``: :class:`EncodedImage` items (from :func:`collate_encoded`) or 1-D uint8 tensors.
     JPEGs go to ``decode_jpeg(list, device=device)`` in one call (nvJPEG batch decode on CUDA);
     other formats, or a batch nvJPEG refuses, are decoded on the CPU (``"torchvision"`` decoder,
     PIL fallbacks included) and moved. Returns a stacked NCHW uint8 tensor when the transformed
-    images share a shape, else a list. ``keys`` (optional) name the samples in errors.
+    images share a shape, else a list. A decode error names the sample: its dataset index and
+    key (from the EncodedImage, or ``keys``).
     """
     import torch
 
     dev = torch.device(device)
+    items = list(encoded)
+    encoded = [e.data if isinstance(e, EncodedImage) else e for e in items]
     decode_jpeg, rgb = _torchvision_jpeg()
     out: list[Any] = [None] * len(encoded)
     jpeg_pos = [i for i, e in enumerate(encoded) if bool(e.numel() >= 3 and e[:3].tolist() == [0xFF, 0xD8, 0xFF])]
@@ -242,7 +263,10 @@ def decode_batch(encoded: Sequence[Any], device: str | Any = "cuda", transform: 
             try:
                 out[i] = _decode_torchvision(raw).to(dev, non_blocking=True)
             except Exception as exc:
-                where = f" ({keys[i]})" if keys is not None else ""
+                item = items[i] if isinstance(items[i], EncodedImage) else EncodedImage(e)
+                key = keys[i] if keys is not None else item.key
+                index = item.index
+                where = (f", dataset index {index}" if index is not None else "") + (f" ({key})" if key else "")
                 exc.add_note(f"[concurrent_dataloader] decode_batch: image {i} of the batch{where}, {len(raw)} bytes")
                 raise
     if transform is not None:

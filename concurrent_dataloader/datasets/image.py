@@ -157,7 +157,7 @@ class ImageDataset(ConcurrentDataset):
 
     def decode(self, index: int, raw: bytes) -> tuple[Any, int]:
         if self.decode_device != "cpu":  # the GPU path: the main process decodes (decoding.decode_batch)
-            return encoded_image(raw), int(self._labels[index])
+            return encoded_image(raw, index, self._safe_describe(index)), int(self._labels[index])
         try:
             image = decode_image(raw, self.decoder)
         except Exception as exc:

@@ -323,7 +323,8 @@ def test_decode_device_cuda_hands_on_bytes(tmp_path):
     with DataLoader(ds, batch_size=3, num_workers=1, collate_fn=collate_encoded) as loader:
         batches = list(loader)
     encoded = [e for imgs, _ in batches for e in imgs]
-    assert [bytes(e.numpy()) for e in encoded] == raws  # workers only moved bytes
+    assert [bytes(e.data.numpy()) for e in encoded] == raws  # workers only moved bytes
+    assert [e.index for e in encoded] == list(range(6)) and encoded[4].key.endswith(files[4].name)
     assert batches[0][1].tolist() == [0, 1, 0]
     # The main-process half, on the CPU here: same pixels as decoding each image alone.
     out = decode_batch(encoded, device="cpu", transform=eval_transform(16, 20))
@@ -334,6 +335,14 @@ def test_decode_device_cuda_hands_on_bytes(tmp_path):
         decode_batch(encoded[:2] + [torch.frombuffer(bytearray(BAD["jpeg_truncated"]), dtype=torch.uint8)],
                      device="cpu", keys=["a", "b", "broken.jpg"])
     assert any("image 2 of the batch (broken.jpg)" in n for n in info.value.__notes__)
+    # Through the dataset: the error names the dataset index and the file.
+    files[2].write_bytes(BAD["jpeg_truncated"])
+    with DataLoader(ds, batch_size=3, num_workers=0, collate_fn=collate_encoded) as loader:
+        first, _ = next(iter(loader))
+    with pytest.raises(OSError, match="image file is truncated") as info:
+        decode_batch(first, device="cpu")
+    notes = "\n".join(info.value.__notes__)
+    assert f"image 2 of the batch, dataset index 2 ({first[2].key})" in notes and files[2].name in notes, notes
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="the nvJPEG path needs a CUDA device (none on this machine)")
