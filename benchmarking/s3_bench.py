@@ -33,6 +33,9 @@ __all__ = ["CLIENTS", "measure_ceiling", "measure_client_cpu", "client_cpu_subpr
            "server_ceiling", "main"]
 
 CLIENTS = ("botocore", "aiobotocore", "lean-sync", "lean-async")
+# Measured only when asked for (``--clients``) and importable: obstore is not in the lock (not
+# fork-safe, see docs/datasets.md); install it into a throwaway venv to compare.
+OPTIONAL_CLIENTS = ("obstore-sync", "obstore-async")
 _CREDS = {"aws_access_key_id": "bench", "aws_secret_access_key": "bench-secret", "region_name": "us-east-1"}
 
 
@@ -116,6 +119,20 @@ def _make_certificate(directory: str) -> dict[str, str]:
     return paths
 
 
+def _obstore(endpoint: str, bucket: str, verify: Any) -> Any:
+    """An obstore S3Store for the comparison (same endpoint, keys and CA as the other clients)."""
+    from obstore.store import S3Store as ObS3Store
+
+    options: dict[str, Any] = {"allow_http": endpoint.startswith("http://")}
+    if isinstance(verify, str):
+        options["root_certificate"] = Path(verify).read_text()
+    elif verify is False:
+        options["allow_invalid_certificates"] = True
+    return ObS3Store(bucket, endpoint=endpoint, access_key_id=_CREDS["aws_access_key_id"],
+                     secret_access_key=_CREDS["aws_secret_access_key"], region=_CREDS["region_name"],
+                     client_options=options)
+
+
 def _lean_store(endpoint: str, bucket: str, concurrency: int, verify: Any = None):
     from concurrent_dataloader.storage.s3_http import LeanS3Store
 
@@ -172,10 +189,12 @@ def measure_client_cpu(client: str, endpoint: str, bucket: str, keys: list[str],
                        concurrency: int = 16, verify: Any = None) -> dict[str, float]:
     """CPU ms per GET and GET/s for one client in *this* process (run it in a fresh one).
     ``verify``: for an https endpoint, the CA bundle (or ``False``), as every client takes it."""
-    if client not in CLIENTS:
-        raise ValueError(f"client must be one of {CLIENTS}, got {client!r}")
+    if client not in CLIENTS + OPTIONAL_CLIENTS:
+        raise ValueError(f"client must be one of {CLIENTS + OPTIONAL_CLIENTS}, got {client!r}")
     warm = min(n, 2 * concurrency)
-    if client in ("botocore", "lean-sync"):
+    if client.startswith("obstore"):
+        obstore = _obstore(endpoint, bucket, verify)
+    if client in ("botocore", "lean-sync", "obstore-sync"):
         if client == "botocore":
             import boto3
             from botocore.config import Config
@@ -189,6 +208,11 @@ def measure_client_cpu(client: str, endpoint: str, bucket: str, keys: list[str],
                     return len(body.read())
                 finally:
                     body.close()
+        elif client == "obstore-sync":
+            import obstore as obs
+
+            def get(key: str) -> int:
+                return len(obs.get(obstore, key).bytes())
         else:
             store = _lean_store(endpoint, bucket, concurrency, verify)
 
@@ -223,6 +247,20 @@ def measure_client_cpu(client: str, endpoint: str, bucket: str, keys: list[str],
                     c0, w0 = time.process_time(), time.perf_counter()
                     sizes = await asyncio.gather(*(one(keys[i % len(keys)]) for i in range(n)))
                     return c0, w0, time.process_time(), time.perf_counter(), sum(sizes)
+            if client == "obstore-async":
+                import obstore as obs
+
+                sem = asyncio.Semaphore(concurrency)
+
+                async def one_ob(key: str) -> int:
+                    async with sem:
+                        r = await obs.get_async(obstore, key)
+                        return len(await r.bytes_async())
+
+                await asyncio.gather(*(one_ob(keys[i % len(keys)]) for i in range(warm)))
+                c0, w0 = time.process_time(), time.perf_counter()
+                sizes = await asyncio.gather(*(one_ob(keys[i % len(keys)]) for i in range(n)))
+                return c0, w0, time.process_time(), time.perf_counter(), sum(sizes)
             store = _lean_store(endpoint, bucket, concurrency, verify)
             await _lean_async_run(store, keys, warm, concurrency)
             c0, w0 = time.process_time(), time.perf_counter()
@@ -319,20 +357,102 @@ def server_ceiling(server: Any, bucket: str, keys: list[str], seconds: float = 2
             "cpu_bound_gets_per_s": 1e3 / cpu_ms if cpu_ms > 0 else float("inf")}
 
 
+def summarize(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Median and min-max of CPU ms per GET (and median GET/s) per client and protocol."""
+    import statistics
+
+    groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for r in runs:
+        groups.setdefault((r["client"], r["protocol"]), []).append(r)
+    out = []
+    for (client, protocol), rs in groups.items():
+        cpu = [r["cpu_ms_per_get"] for r in rs]
+        out.append({"client": client, "protocol": protocol, "runs": len(rs), "cpu_ms_per_get": statistics.median(cpu),
+                    "cpu_ms_min": min(cpu), "cpu_ms_max": max(cpu),
+                    "gets_per_s": statistics.median(r["gets_per_s"] for r in rs)})
+    return out
+
+
+def format_table(summary: list[dict[str, Any]]) -> str:
+    """A Markdown table: one row per client, HTTP and HTTPS side by side."""
+    by = {(s["client"], s["protocol"]): s for s in summary}
+    clients = list(dict.fromkeys(s["client"] for s in summary))
+    protocols = list(dict.fromkeys(s["protocol"] for s in summary))
+    head = "| client | " + " | ".join(f"{p.upper()} CPU ms/GET (min-max) | {p.upper()} GET/s" for p in protocols) + " |"
+    lines = [head, "|---" * (1 + 2 * len(protocols)) + "|"]
+    for c in clients:
+        cells = []
+        for p in protocols:
+            s = by.get((c, p))
+            cells += ["-", "-"] if s is None else [
+                f"{s['cpu_ms_per_get']:.3f} ({s['cpu_ms_min']:.3f}-{s['cpu_ms_max']:.3f})", f"{s['gets_per_s']:,.0f}"]
+        lines.append(f"| {c} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+_FORK_CHILD = """
+import multiprocessing as mp, sys
+import obstore as obs
+from obstore.store import S3Store
+from benchmarking.s3_server import S3Server
+
+with S3Server(buckets={"b": None}) as srv:
+    srv.put_object("b", "k", b"x" * 1000)
+    st = S3Store("b", endpoint=srv.endpoint_url, access_key_id="a", secret_access_key="s", region="us-east-1",
+                 client_options={"allow_http": True})
+    assert len(obs.get(st, "k").bytes()) == 1000  # the parent uses the store first, as a training script would
+
+    def child(q):
+        q.put(len(obs.get(st, "k").bytes()))
+
+    ctx = mp.get_context("fork")
+    q = ctx.Queue()
+    p = ctx.Process(target=child, args=(q,))
+    p.start()
+    p.join(15)
+    hung = p.is_alive()
+    if hung:
+        p.kill()
+        p.join()
+    print("HUNG" if hung else f"OK exitcode={p.exitcode}")
+"""
+
+
+def obstore_fork_check() -> int:
+    """Does obstore answer in a forked child (a DataLoader worker) after the parent used it?
+    Prints ``HUNG`` or ``OK``; exits 0 either way (it reports, it does not judge)."""
+    out = subprocess.run([sys.executable, "-c", _FORK_CHILD], capture_output=True, text=True, env=_child_env(),
+                         timeout=120)
+    if out.returncode != 0:
+        print(out.stderr[-2000:], file=sys.stderr)
+        return out.returncode
+    print(f"obstore GET in a forked child after the parent used the store: {out.stdout.strip()} "
+          "(waited 15 s)")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m benchmarking.s3_bench", description=__doc__.split("\n\n")[0])
     p.add_argument("--gets", type=int, default=2000, help="GETs per client (default 2000)")
     p.add_argument("--concurrency", type=int, default=16, help="concurrent GETs per client (default 16)")
     p.add_argument("--objects", type=int, default=64, help="distinct objects (default 64)")
     p.add_argument("--size-kb", type=int, default=110, help="object size in KB (default 110, like an ImageNet JPEG)")
-    p.add_argument("--clients", default=",".join(CLIENTS), help=f"comma-separated subset of {','.join(CLIENTS)}")
+    p.add_argument("--clients", default=",".join(CLIENTS),
+                   help=f"comma-separated subset of {','.join(CLIENTS + OPTIONAL_CLIENTS)} (obstore: if installed)")
     p.add_argument("--protocols", default="http,https", help="comma-separated subset of http,https (default both)")
+    p.add_argument("--repeats", type=int, default=1,
+                   help="runs per client and protocol, interleaved; the table gives the median and min-max")
     p.add_argument("--ceiling-seconds", type=float, default=3.0)
     p.add_argument("--json", default=None, help="also write the results to this JSON file")
+    p.add_argument("--obstore-fork-check", action="store_true",
+                   help="only check whether obstore works in a forked child once the parent used it")
+    p.add_argument("--no-progress", action="store_true")
     p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.child:
         return _child()
+    if args.obstore_fork_check:
+        return obstore_fork_check()
 
     from .s3_server import ServerProcess
 
@@ -352,24 +472,26 @@ def main(argv: list[str] | None = None) -> int:
         results: dict[str, Any] = {"ceiling": ceiling, "clients": [], "size_kb": args.size_kb,
                                    "concurrency": args.concurrency, "gets": args.gets}
         protocols = [x.strip() for x in args.protocols.split(",") if x.strip()]
-        print(f"{'client':<12} {'protocol':<8} {'CPU ms/GET':>10} {'GET/s':>9}  (server CPU ms/GET)")
+        results["repeats"] = args.repeats
+        from tqdm import tqdm
+
+        runs = [(r, proto, c) for r in range(args.repeats) for proto in protocols for c in clients]
         with contextlib.ExitStack() as stack:
             endpoints = {"http": (server.endpoint_url, None)}
             if "https" in protocols:
                 tls = _make_certificate(stack.enter_context(tempfile.TemporaryDirectory()))
                 front = stack.enter_context(TLSFront(server.endpoint_url, tls["cert"], tls["key"]))
                 endpoints["https"] = (front.endpoint_url, tls["ca"])
-            for protocol in protocols:
+            for repeat, protocol, client in tqdm(runs, desc="client CPU", unit="run", disable=args.no_progress):
                 endpoint, verify = endpoints[protocol]
-                for client in clients:
-                    server.reset_stats()
-                    r = client_cpu_subprocess(client, endpoint, "bench", keys, args.gets, args.concurrency,
-                                              verify=verify)
-                    st = server.stats()
-                    r["server_cpu_ms_per_get"] = st["server_cpu_s"] / max(1, st["gets"]) * 1e3
-                    results["clients"].append(r)
-                    print(f"{client:<12} {protocol:<8} {r['cpu_ms_per_get']:>10.3f} {r['gets_per_s']:>9,.0f}  "
-                          f"({r['server_cpu_ms_per_get']:.3f})")
+                server.reset_stats()
+                r = client_cpu_subprocess(client, endpoint, "bench", keys, args.gets, args.concurrency, verify=verify)
+                st = server.stats()
+                r["server_cpu_ms_per_get"] = st["server_cpu_s"] / max(1, st["gets"]) * 1e3
+                r["repeat"] = repeat
+                results["clients"].append(r)
+        results["summary"] = summarize(results["clients"])
+        print(format_table(results["summary"]))
     if args.json:
         from concurrent_dataloader._atomic import atomic_write_bytes
 

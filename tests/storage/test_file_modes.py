@@ -73,7 +73,7 @@ def _run_every_writer(work: Path, images: Path) -> dict[str, Path]:
         assert upload.main([str(images), "s3://up/pre", "--endpoint-url", server.endpoint_url, "--no-progress"]) == 0
     out["benchmark results"] = work / "bench"
     assert s3_bench_main(["--gets", "4", "--objects", "2", "--size-kb", "1", "--clients", "lean-sync",
-                          "--protocols", "http", "--ceiling-seconds", "0.2",
+                          "--protocols", "http", "--ceiling-seconds", "0.2", "--no-progress",
                           "--json", str(out["benchmark results"] / "s3_bench.json")]) == 0
     return out
 
