@@ -7,10 +7,12 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-__all__ = ["plot_throughput_vs_latency", "plot_throughput_vs_fetch_workers", "plot_throughput_by_format", "plot_all"]
+__all__ = ["plot_throughput_vs_latency", "plot_throughput_vs_fetch_workers", "plot_throughput_by_format",
+           "plot_frontier", "plot_all"]
 
 _STYLE = {"torch": ("grey", "o"), "ours-threaded": ("C0", "s"), "ours-asyncio": ("C1", "D"),
-          "torch+getitems": ("C2", "^"), "s3torchconnector": ("C3", "v")}
+          "torch+getitems": ("C2", "^"), "s3torch_map": ("C3", "v"), "s3torch_iterable": ("C3", "<"),
+          "webdataset": ("C4", "P"), "litdata": ("C5", "X"), "mosaic": ("C6", "*")}
 
 
 def _plt() -> Any:
@@ -28,7 +30,8 @@ def _ok(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 def _jpeg(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """The loader plots compare loaders on one object per image (formats have their own plot)."""
-    return [r for r in rows if r.get("format", "jpeg") == "jpeg"]
+    return [r for r in rows if r.get("format", "jpeg") == "jpeg" and r.get("decoder", "pil") == "pil"
+            and r.get("transform", "realistic") == "realistic"]
 
 
 def plot_throughput_vs_latency(rows: list[dict[str, Any]], path: Path, title: str = "") -> Path | None:
@@ -71,7 +74,7 @@ def plot_throughput_vs_latency(rows: list[dict[str, Any]], path: Path, title: st
 
 def plot_throughput_vs_fetch_workers(rows: list[dict[str, Any]], path: Path, title: str = "") -> Path | None:
     """One line per (loader, storage, latency, format) that was run with several num_fetch_workers values."""
-    rows = [r for r in _ok(rows) if r["num_fetch_workers"]]
+    rows = [r for r in _ok(rows) if r["num_fetch_workers"] and r.get("decoder", "pil") == "pil"]
     series: dict[tuple, dict[int, float]] = defaultdict(dict)
     for r in rows:
         key = (r["loader"], r["storage"], r["latency_ms"], r["num_workers"], r["batch_pool"], r["batch_size"],
@@ -114,7 +117,7 @@ def plot_throughput_by_format(rows: list[dict[str, Any]], path: Path, title: str
     Only rows with the grid's most common workers / batch size / S3 client / fetch settings are
     drawn (a sweep point is not a format's result); each bar is the best such run.
     """
-    rows = _ok(rows)
+    rows = [r for r in _ok(rows) if r.get("format") != "peer" and r.get("decoder", "pil") == "pil"]
     if len({r.get("format", "jpeg") for r in rows}) < 2:
         return None
     nw = _mode([r["num_workers"] for r in rows])
@@ -166,8 +169,42 @@ def plot_throughput_by_format(rows: list[dict[str, Any]], path: Path, title: str
     return path
 
 
+def plot_frontier(rows: list[dict[str, Any]], path: Path, title: str = "") -> Path | None:
+    """img/s against peak PSS, one point per loader and setting (error bars: min-max over rounds);
+    one panel per S3 latency. Up and to the left is better."""
+    rows = [r for r in _ok(rows) if r["storage"] == "s3" and r.get("peak_pss_mb")]
+    lats = sorted({r["latency_ms"] for r in rows})
+    if not rows:
+        return None
+    plt = _plt()
+    fig, axes = plt.subplots(1, len(lats), figsize=(6.4 * len(lats), 4.6), squeeze=False)
+    for ax, lat in zip(axes[0], lats):
+        for r in (r for r in rows if r["latency_ms"] == lat):
+            color, marker = _STYLE.get(r["loader"], (None, "o"))
+            y = r["img_per_s"]
+            err = [[y - r.get("img_per_s_min", y)], [r.get("img_per_s_max", y) - y]]
+            ax.errorbar([r["peak_pss_mb"]], [y], yerr=err, fmt=marker, color=color, ms=7, capsize=2)
+            tag = [x for x in (r.get("format") if r.get("format") not in ("jpeg", "peer") else None,
+                               "tv" if r.get("decoder", "pil") != "pil" else None,
+                               "norm" if r.get("transform") == "normalize" else None) if x]
+            ax.annotate(f"{r['loader']}{'[' + ','.join(tag) + ']' if tag else ''} {r['num_workers']}w",
+                        (r["peak_pss_mb"], y), textcoords="offset points", xytext=(4, 3), fontsize=6.5)
+        ax.set_xscale("log")
+        ax.set_xlabel("peak PSS of the loader's process tree (MB, log)")
+        ax.set_ylabel("images / s (median of rounds)")
+        ax.set_ylim(bottom=0)
+        ax.grid(alpha=0.3, which="both")
+        ax.set_title(f"S3, {lat:g} ms per request", fontsize=9)
+    fig.suptitle(title or "Throughput vs memory", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
 def plot_all(rows: list[dict[str, Any]], out_dir: Path, name: str = "") -> list[Path]:
-    made = [plot_throughput_vs_latency(rows, out_dir / "throughput_vs_latency.png", f"{name}: throughput vs latency"),
+    made = [plot_frontier(rows, out_dir / "frontier.png", f"{name}: img/s vs peak memory, one point per loader and setting"),
+            plot_throughput_vs_latency(rows, out_dir / "throughput_vs_latency.png", f"{name}: throughput vs latency"),
             plot_throughput_vs_fetch_workers(rows, out_dir / "throughput_vs_fetch_workers.png",
                                              f"{name}: throughput vs num_fetch_workers"),
             plot_throughput_by_format(rows, out_dir / "throughput_by_format.png",
