@@ -14,6 +14,11 @@ bucket). We sweep fixed ``num_fetch_workers`` and run ``num_fetch_workers="auto"
 and the 503s each run provoked, and the ratios the issue asks for: auto against the best fixed
 setting (>= 0.9x), and the largest fixed setting's 503s against auto's (>= 5x).
 
+Each benchmark runs ``--rounds`` times (default 3); the printed figures are the medians, and each
+target gets a verdict as in the grid benchmark (NOTE [ Verdicts ] in benchmarking/harness/checks.py):
+PASS when every round meets it, FAIL when none does, inconclusive otherwise. ``--check`` makes the
+verdicts the exit code (1: a target failed; 3: none failed, some inconclusive; 0: all pass).
+
 The server runs in a thread of this process; the loaders fetch in worker processes, so the two do
 not share a GIL. Images are small (64x48 JPEGs) so that the client CPU does not hide the effect.
 """
@@ -25,7 +30,7 @@ import io
 import json
 import random
 import statistics
-import threading
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -189,6 +194,30 @@ def bench_adaptive(args: argparse.Namespace) -> dict[str, Any]:
     return {"rows": rows, **summary}
 
 
+TARGETS = {  # name: (summary key, op, target)
+    "hedging: p99 time between batches, plain / hedged": ("hedging", "p99_improvement", ">=", 3.0),
+    "hedging: extra GETs at the server": ("hedging", "extra_requests", "<=", 0.05),
+    "adaptive: auto img/s / best fixed setting": ("adaptive", "auto_vs_best_fixed", ">=", 0.9),
+    "adaptive: 503s of the largest fixed setting / auto's": ("adaptive", "503_reduction_vs_largest", ">=", 5.0),
+}
+
+
+def evaluate(rounds: dict[str, list[dict[str, Any]]]) -> list[dict[str, Any]]:
+    """One check per target over the rounds' summaries: median value, spread min-max, verdict."""
+    from benchmarking.harness.checks import verdict
+
+    checks = []
+    for name, (bench, key, op, target) in TARGETS.items():
+        values = [r[key] for r in rounds.get(bench, [])]
+        if not values:
+            continue
+        value, lo, hi = statistics.median(values), min(values), max(values)
+        status = verdict(value, lo, hi, target, op)
+        checks.append({"check": name, "value": value, "lo": lo, "hi": hi, "op": op, "target": target,
+                       "status": status, "rounds": values})
+    return checks
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--only", choices=["hedging", "adaptive"])
@@ -200,16 +229,31 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--rate", type=float, default=300.0, help="GET/s above which the server answers 503")
     p.add_argument("--throttle-latency-ms", type=float, default=50.0)
     p.add_argument("--fixed", default="4,8,16,32,64", help="fixed num_fetch_workers settings to sweep")
+    p.add_argument("--rounds", type=int, default=3, help="repeat each benchmark; figures are medians (default 3)")
+    p.add_argument("--check", action="store_true", help="exit non-zero unless every target passes")
     p.add_argument("--out", type=Path, default=Path("benchmarking/results"))
     args = p.parse_args(argv)
-    results: dict[str, Any] = {}
-    if args.only in (None, "hedging"):
-        results["hedging"] = bench_hedging(args)
-    if args.only in (None, "adaptive"):
-        results["adaptive"] = bench_adaptive(args)
+    rounds: dict[str, list[dict[str, Any]]] = {}
+    for i in range(max(1, args.rounds)):
+        print(f"\n=== round {i + 1} of {args.rounds} ===")
+        if args.only in (None, "hedging"):
+            rounds.setdefault("hedging", []).append(bench_hedging(args))
+        if args.only in (None, "adaptive"):
+            rounds.setdefault("adaptive", []).append(bench_adaptive(args))
+    checks = evaluate({k: [{kk: vv for kk, vv in r.items() if kk != "rows"} for r in v] for k, v in rounds.items()})
+    print(f"\ntargets (median of {args.rounds} round(s), per-round min-max):")
+    for c in checks:
+        print(f"[{c['status']}] {c['check']}: {c['value']:.3f} ({c['lo']:.3f}-{c['hi']:.3f}) (target {c['op']} "
+              f"{c['target']:g})")
+    results: dict[str, Any] = {"rounds": rounds, "checks": checks,
+                               "command": "python -m benchmarking.bench_tail_throttle " + " ".join(argv or [])}
+    results.update({k: v[-1] for k, v in rounds.items()})  # the last round's rows, for the plot
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "tail_throttle.json").write_text(json.dumps(results, indent=1, default=str))
-    _plot(results, args.out / "tail_throttle.png")
+    _plot({k: v[-1] for k, v in rounds.items()}, args.out / "tail_throttle.png")
+    if args.check:
+        statuses = {c["status"] for c in checks}
+        results["exit_code"] = 1 if "FAIL" in statuses else (3 if "inconclusive" in statuses else 0)
     return results
 
 
@@ -239,4 +283,4 @@ def _plot(results: dict[str, Any], path: Path) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main().get("exit_code", 0))

@@ -189,8 +189,17 @@ def plot_frontier(rows: list[dict[str, Any]], path: Path, title: str = "") -> Pa
                                "norm" if r.get("transform") == "normalize" else None) if x]
             ax.annotate(f"{r['loader']}{'[' + ','.join(tag) + ']' if tag else ''} {r['num_workers']}w",
                         (r["peak_pss_mb"], y), textcoords="offset points", xytext=(4, 3), fontsize=6.5)
-        ax.set_xscale("log")
-        ax.set_xlabel("peak PSS of the loader's process tree (MB, log)")
+        pss = [r["peak_pss_mb"] for r in rows if r["latency_ms"] == lat]
+        if max(pss) > 4 * min(pss):
+            from matplotlib.ticker import ScalarFormatter
+
+            ax.set_xscale("log")
+            ax.xaxis.set_major_formatter(ScalarFormatter())
+            ax.xaxis.set_minor_formatter(ScalarFormatter())
+            ax.tick_params(axis="x", which="minor", labelsize=6)
+        else:
+            ax.set_xlim(left=0, right=max(pss) * 1.3)
+        ax.set_xlabel("peak PSS of the loader's process tree (MB)")
         ax.set_ylabel("images / s (median of rounds)")
         ax.set_ylim(bottom=0)
         ax.grid(alpha=0.3, which="both")

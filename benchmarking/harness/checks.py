@@ -177,21 +177,21 @@ class _Checks:
                      fast, self.ours(impl=impl) if impl else [], metric="loader_cpu_ms_per_img", op="<=")
         for impl_ in OUR_LOADERS:
             mine = self.ours(impl=impl_)
-            if not mine:
-                continue
-            if "vs_torch_at_latency" in t:
+            if mine and "vs_torch_at_latency" in t:
                 self.add(f"{impl_} / torch, s3 {lat:g} ms, {w} workers (same workers)", "vs_torch_at_latency", mine,
                          [r for r in torch_all if r["num_workers"] == w])
-            if "latency_hiding" in t:
+            if mine and "latency_hiding" in t:
                 self.add(f"{impl_} at {lat:g} ms / at 0 ms (latency hiding)", "latency_hiding", mine,
                          self.ours(lat=0.0, impl=impl_))
-            if "scratch_vs_torch" in t:
-                self.add(f"{impl_} / torch, local disk", "scratch_vs_torch", self.ours(storage="scratch", impl=impl_),
+            scratch = self.ours(storage="scratch", impl=impl_)
+            if scratch and "scratch_vs_torch" in t:
+                self.add(f"{impl_} / torch, local disk", "scratch_vs_torch", scratch,
                          self.find(lambda r: r["storage"] == "scratch" and r["loader"] == "torch"
                                    and r["num_workers"] == w))
-            if "archive_vs_torch_at_latency" in t and self.find(lambda r: r["loader"] == impl_, "archive"):
+            archive = self.ours(fmt="archive", impl=impl_)
+            if archive and "archive_vs_torch_at_latency" in t:
                 self.add(f"{impl_} / torch, one S3 archive (ranged GETs) {lat:g} ms, {w} workers",
-                         "archive_vs_torch_at_latency", self.ours(fmt="archive", impl=impl_),
+                         "archive_vs_torch_at_latency", archive,
                          self.find(lambda r: s3_lat(r) and r["loader"] == "torch" and r["num_workers"] == w, "archive"))
         budget = t.get("client_cpu_ms_per_get")
         for name in ("lean-sync", "lean-async"):

@@ -5,12 +5,14 @@ from __future__ import annotations
 import csv
 import io
 import json
+import sys
 
 import pytest
 from PIL import Image
 
 from benchmarking import run as bench_run
-from benchmarking.harness import RunSpec, close_calls, expand_grid, load_config, ratios_and_checks, spec_of
+from benchmarking.harness import (BenchConfig, RunSpec, aggregate, close_calls, cpu_between, exit_code, expand_grid,
+                                  load_config, ratios_and_checks, run_measured, spec_of, verdict)
 from benchmarking.make_synthetic import SyntheticSpec, make_synthetic
 from benchmarking.make_synthetic import main as synth_main
 from concurrent_dataloader.datasets import get_dataset
@@ -76,113 +78,185 @@ def test_expand_grid_products_and_deduplication():
     runs = expand_grid({"num_fetch_workers": 16}, [
         {"storage": "scratch", "latency_ms": [0, 50], "loader": ["torch", "ours-asyncio"]},
         {"storage": "s3", "latency_ms": 50, "loader": ["torch"], "num_fetch_workers": [4, 8]},
+        {"storage": "s3", "latency_ms": 50, "loader": ["webdataset", "s3torchconnector"], "num_fetch_workers": [4, 8]},
     ])
-    # scratch ignores latency, torch ignores num_fetch_workers: 2 + 1 distinct runs
-    assert len(runs) == 3
+    # scratch ignores latency, torch and peers ignore num_fetch_workers; s3torchconnector is the s3torch_map peer
+    assert len(runs) == 5
     assert runs[0] == RunSpec(storage="scratch", latency_ms=0, loader="torch", s3_client="-", num_fetch_workers=0,
                               batch_pool=0, prefetch_shards=0)
+    assert [r.loader for r in runs[3:]] == ["webdataset", "s3torch_map"]
+    assert runs[3].format == "peer" and runs[3].is_peer and runs[3].num_fetch_workers == 0
     with pytest.raises(ValueError, match="unknown run settings"):
         expand_grid({}, [{"loader": "torch", "bogus": 1}])
     with pytest.raises(ValueError, match="loader must be one of"):
         expand_grid({}, [{"loader": "nope"}])
-    with pytest.raises(ValueError, match="s3torchconnector only reads from s3"):
-        expand_grid({}, [{"storage": "scratch", "loader": "s3torchconnector"}])
+    with pytest.raises(ValueError, match="reads from s3"):
+        expand_grid({}, [{"storage": "scratch", "loader": "litdata"}])
+    with pytest.raises(ValueError, match="decoder must be one of"):
+        expand_grid({}, [{"decoder": "cv2"}])
+    with pytest.raises(ValueError, match="decoder torchvision applies"):
+        expand_grid({}, [{"decoder": "torchvision", "format": "memmap"}])
 
 
-def test_load_config_rejects_unknown_keys(tmp_path):
-    bad = tmp_path / "bad.yaml"
-    bad.write_text("name: x\ngrid: [{loader: torch}]\nsurprise: 1\n")
-    with pytest.raises(ValueError, match="surprise"):
-        load_config(bad)
-    empty = tmp_path / "empty.yaml"
-    empty.write_text("name: x\n")
-    with pytest.raises(ValueError, match="grid"):
-        load_config(empty)
+def test_load_config_defaults_are_the_dataclass_defaults_and_unknown_keys_fail(tmp_path):
+    minimal = tmp_path / "minimal.yaml"
+    minimal.write_text("grid: [{loader: torch}]\n")
+    cfg = load_config(minimal)
+    default = BenchConfig()
+    for name in ("seed", "jitter_ms", "ceiling_seconds", "client_cpu_gets", "client_cpu_clients", "repeats", "images",
+                 "poll_s", "confirm_rounds", "confirm_margin", "loader_timeout_s", "run_timeout_s", "formats"):
+        assert getattr(cfg, name) == getattr(default, name), name
+    assert cfg.name == "minimal"
+    full = tmp_path / "full.yaml"
+    full.write_text("name: x\nseed: 3\nserver: {jitter_ms: 1}\nclient_cpu: {gets: 7, clients: [lean-sync]}\n"
+                    "measure: {repeats: 0, images: 64, poll_s: 0.1}\ngrid: [{loader: torch}]\n")
+    cfg = load_config(full)
+    assert (cfg.name, cfg.seed, cfg.jitter_ms, cfg.client_cpu_gets, cfg.client_cpu_clients) == \
+        ("x", 3, 1.0, 7, ("lean-sync",))
+    assert (cfg.repeats, cfg.images, cfg.poll_s) == (1, 64, 0.1)  # repeats: at least one round
+    for text, match in [("name: x\ngrid: [{loader: torch}]\nsurprise: 1\n", "surprise"),
+                        ("name: x\n", "grid"),
+                        ("measure: {max_seconds: 2}\ngrid: [{loader: torch}]\n", "unknown measure settings")]:
+        bad = tmp_path / "bad.yaml"
+        bad.write_text(text)
+        with pytest.raises(ValueError, match=match):
+            load_config(bad)
 
 
-def _row(storage, lat, loader, ips, nfw=32, bs=32):
-    return {**RunSpec(storage=storage, latency_ms=lat, loader=loader, num_fetch_workers=nfw,
-                      batch_size=bs).normalized().__dict__,
-            "status": "ok", "img_per_s": ips}
+def _rounds(*values, metric="img_per_s", **extra):
+    return [{"round": i, "status": "ok", metric: v, **extra} for i, v in enumerate(values)]
 
 
-def test_ratios_and_target_checks():
-    rows = [_row("scratch", 0, "torch", 400), _row("scratch", 0, "ours-asyncio", 390),
-            _row("s3", 0, "torch", 300), _row("s3", 0, "ours-asyncio", 420),
-            _row("s3", 50, "torch", 36), _row("s3", 50, "ours-asyncio", 380), _row("s3", 50, "ours-asyncio", 100, 4),
-            _row("s3", 50, "s3torchconnector", 35),
-            _row("s3", 50, "ours-asyncio", 900, bs=128)]  # a batch-size sweep point: never the main result
-    checks = ratios_and_checks(rows, {"vs_torch_at_latency": 10, "vs_s3torchconnector_at_latency": 3,
-                                      "latency_hiding": 0.95, "scratch_vs_torch": 0.95,
-                                      "client_cpu_ms_per_get": 0.5}, {"lean-async": 0.07, "botocore": 1.0})
-    assert rows[1]["ratio_vs_torch"] == pytest.approx(390 / 400)
-    assert rows[5]["ratio_vs_torch"] == pytest.approx(380 / 36)
-    by = {c["check"]: c for c in checks}
-    assert by["ours-asyncio / torch, s3 50 ms, 2 workers"]["value"] == pytest.approx(380 / 36)  # not the nfw=4 run
-    assert by["ours-asyncio / torch, s3 50 ms, 2 workers"]["pass"] is True
-    assert by["ours-asyncio at 50 ms / at 0 ms (latency hiding)"]["pass"] is False  # 0.905 < 0.95
-    assert by["ours-asyncio / torch, scratch 0 ms"]["pass"] is True
-    assert by["lean-async client CPU ms per GET"]["pass"] is True
-    # each loader check names the grid points it compared, so a close call can be re-measured
-    hiding = by["ours-asyncio at 50 ms / at 0 ms (latency hiding)"]
-    assert hiding["runs"] == [spec_of(rows[5]), spec_of(rows[3])]
-    assert spec_of(rows[5]) == RunSpec(storage="s3", latency_ms=50, loader="ours-asyncio").normalized()
-    assert [c["check"] for c in close_calls(checks, 0.1)] == [  # 10.6 vs 10, 0.905 vs 0.95, 0.975 vs 0.95
-        "ours-asyncio / torch, s3 50 ms, 2 workers", "ours-asyncio at 50 ms / at 0 ms (latency hiding)",
-        "ours-asyncio / torch, scratch 0 ms"]
-    assert [c["check"] for c in close_calls(checks, 0.03)] == ["ours-asyncio / torch, scratch 0 ms"]
-    assert close_calls(checks, 0.01) == []
+def _prow(loader, ips_rounds, lat=50, nw=2, status=None, pss=None, **spec):
+    s = RunSpec(storage="s3", latency_ms=lat, loader=loader, num_workers=nw, **spec).validate().normalized()
+    rounds = [{"round": i, "status": "ok", "img_per_s": v, "peak_pss_mb": (pss or [100] * 9)[i],
+               "loader_cpu_ms_per_img": 4.0} for i, v in enumerate(ips_rounds)]
+    if status:
+        rounds[-1] = {"round": len(rounds) - 1, "status": status}
+    return aggregate(s, rounds)
+
+
+def test_verdicts_pair_rounds_and_report_inconclusive():
+    assert verdict(1.2, 1.05, 1.3, 1.0, ">=") == "PASS"
+    assert verdict(1.02, 0.95, 1.1, 1.0, ">=") == "inconclusive"  # the margin is inside the spread
+    assert verdict(0.8, 0.7, 0.95, 1.0, ">=") == "FAIL"
+    assert verdict(0.4, 0.35, 0.45, 0.5, "<=") == "PASS" and verdict(0.5, 0.45, 0.55, 0.5, "<=") == "inconclusive"
+    rows = [_prow("ours-asyncio", [400, 420, 380], pss=[300, 310, 290]),
+            _prow("torch", [40, 41, 39], images=256),
+            _prow("torch", [390, 430, 370], nw=16, pss=[900, 1000, 950]),   # the best torch setting
+            _prow("torch", [300, 310, 290], nw=8),
+            _prow("webdataset", [300, 300, 300]),
+            _prow("litdata", [500, 300, 350]),
+            _prow("mosaic", [10, 10, 10], status="error: boom")]
+    assert rows[0]["img_per_s"] == 400 and (rows[0]["img_per_s_min"], rows[0]["img_per_s_max"]) == (380, 420)
+    assert rows[-1]["status"] == "error: boom" and rows[-1]["rounds_ok"] == 2
+    checks = {c["target_key"]: c for c in ratios_and_checks(rows, {
+        "vs_best_torch": 1.0, "pss_vs_best_torch": 0.5, "vs_best_streaming_peer": 0.9, "shards_vs_webdataset": 1.0})}
+    vs_torch = checks["vs_best_torch"]
+    assert vs_torch["value"] == pytest.approx(400 / 390)
+    # per-round pairs: 400/390, 420/430, 380/370 -> the spread straddles 1.0
+    assert (vs_torch["lo"], vs_torch["hi"]) == (pytest.approx(420 / 430), pytest.approx(380 / 370))
+    assert vs_torch["status"] == "inconclusive" and vs_torch["pass"] is None
+    assert [r.num_workers for r in vs_torch["runs"]] == [2, 16]
+    assert checks["pss_vs_best_torch"]["status"] == "PASS"  # 300/900 .. 290/950, all <= 0.5
+    # mosaic errored in a round: the streaming-peer target cannot be judged
+    assert checks["vs_best_streaming_peer"]["status"] == "error"
+    assert checks["shards_vs_webdataset"]["status"] == "missing"  # no ours-on-shards row
+    assert exit_code(list(checks.values())) == 1
+    assert exit_code([checks["vs_best_torch"]]) == 3
+    assert exit_code([checks["pss_vs_best_torch"]]) == 0
+    assert [c["target_key"] for c in close_calls(list(checks.values()), 0.01)] == ["vs_best_torch"]
+    rows[-1] = _prow("mosaic", [10, 10, 10])
+    c = {c["target_key"]: c for c in ratios_and_checks(rows, {"vs_best_streaming_peer": 0.9})}
+    # the best streaming peer by median: litdata (350) over webdataset (300) and mosaic (10)
+    assert c["vs_best_streaming_peer"]["runs"][1].loader == "litdata"
+    # per round 400/500, 420/300, 380/350: 0.8 .. 1.4 straddles 0.9
+    assert c["vs_best_streaming_peer"]["status"] == "inconclusive"
+
+
+def test_run_measured_sums_the_process_tree(tmp_path):
+    """A parent that forks a child holding ~64 MB: the tree's peak PSS sees it; CPU is attributed."""
+    script = tmp_path / "tree.py"
+    script.write_text(
+        "import json, os, time\n"
+        "t0 = time.time()\n"
+        "pid = os.fork()\n"
+        "if pid == 0:\n"
+        "    block = bytearray(os.urandom(1 << 20) * 64)\n"
+        "    for _ in range(40): sum(block[::64])\n"
+        "    os._exit(0)\n"
+        "os.waitpid(pid, 0)\n"
+        "print('log line')\n"
+        "print(json.dumps({'images': 10, 't_start': t0, 't_end': time.time()}))\n")
+    res = run_measured([sys.executable, str(script)], poll_s=0.02, timeout=60)
+    assert res["rc"] == 0 and res["result"]["images"] == 10 and not res["timed_out"]
+    assert res["peak_pss_mb"] > 60
+    assert res["cpu_total_s"] > 0.1  # a fixed amount of work (~0.5 s of CPU here), not a duration
+    window = cpu_between(res["samples"], res["result"]["t_start"], res["result"]["t_end"])
+    assert 0.05 < window <= res["cpu_total_s"] + 0.05
+    times = [s[0] for s in res["samples"]]
+    assert cpu_between(res["samples"], times[0], times[0]) is None
 
 
 MICRO = """
 name: micro
 seed: 0
-dataset: {train: 96, val: 0, classes: 4, width: 64, height: 48, target_kb: 3}
-server: {jitter_ms: 2, ceiling_seconds: 0.5}
-client_cpu: {gets: 100, clients: [botocore, lean-async]}
-measure: {warmup_batches: 1, min_batches: 2, max_batches: 8, max_seconds: 0.3, repeats: 1,
-          confirm_rounds: 1, confirm_margin: 100}   # every target is a "close call": both of its runs get a round more
-defaults: {num_workers: 1, num_fetch_workers: 8, batch_pool: 2, batch_size: 8, transform: realistic}
+dataset: {train: 64, val: 0, classes: 4, width: 64, height: 48, target_kb: 3}
+server: {jitter_ms: 2, ceiling_seconds: 0.3}
+client_cpu: {gets: 50, clients: [lean-async]}
+formats: {shards: 4, shuffle_buffer: 8, convert_workers: 0}
+measure: {repeats: 2, images: 48}
+defaults: {num_workers: 1, num_fetch_workers: 8, batch_pool: 2, batch_size: 8}
 grid:
-  - {storage: scratch, loader: [torch, ours-asyncio]}
-  - {storage: s3, latency_ms: [0, 20], loader: [torch, ours-threaded, torch+getitems, s3torchconnector]}
-targets: {workers: 1, latency_ms: 20, vs_torch_at_latency: 1.5}
+  - {storage: s3, latency_ms: 10, loader: [torch, ours-asyncio]}
+  - {storage: s3, latency_ms: 10, loader: ours-threaded, decoder: torchvision}
+  - {storage: s3, latency_ms: 10, loader: litdata}
+targets: {workers: 1, latency_ms: 10, vs_best_torch: 0.01, vs_best_streaming_peer: 0.9}
 """
 
 
-def test_harness_micro_config_end_to_end(tmp_path, capsys):
+@pytest.mark.slow
+def test_harness_micro_config_end_to_end(tmp_path, capsys, monkeypatch):
+    """Every loader in a measured subprocess, two interleaved rounds; a peer without its venv says
+    "not installed" and --check reports the target that needs it as missing (exit 1)."""
+    import benchmarking.peers as peers
+
+    monkeypatch.setattr(peers, "VENVS", tmp_path / "no-venvs")
     cfg = tmp_path / "micro.yaml"
     cfg.write_text(MICRO)
     out = tmp_path / "out"
     rc = bench_run.main(["--config", str(cfg), "--out", str(out), "--data-root", str(tmp_path / "data"),
-                         "--no-progress"])
+                         "--no-progress", "--check"])
     text = capsys.readouterr().out
-    assert rc == 0, text
+    assert rc == 1, text
     rows = list(csv.DictReader(open(out / "results.csv")))
-    assert len(rows) == 2 + 2 * 4
-    for r in rows:
-        if r["loader"] == "s3torchconnector" and r["status"].startswith("n/a"):
-            continue  # only when the package is not installed
+    assert [r["loader"] for r in rows] == ["torch", "ours-asyncio", "ours-threaded", "litdata"]
+    for r in rows[:3]:
         assert r["status"] == "ok", r
-        assert float(r["img_per_s"]) > 0 and float(r["loader_cpu_ms_per_img"]) > 0
-    torch_rows = [r for r in rows if r["loader"] == "torch"]
-    assert all(float(r["ratio_vs_torch"]) == 1.0 for r in torch_rows)
-    s3_rows = [r for r in rows if r["storage"] == "s3" and r["status"] == "ok"]
-    assert all(int(r["server_gets"]) > 0 and float(r["ceiling_gets_per_s"]) > 0 for r in s3_rows)
-    # latency hiding is the point: at 20 ms, 8 concurrent fetches beat one-at-a-time torch
-    ours = next(r for r in rows if r["storage"] == "s3" and float(r["latency_ms"]) == 20
-                and r["loader"] == "ours-threaded")
-    assert float(ours["ratio_vs_torch"]) > 1.5, ours
-    assert int(ours["server_peak_in_flight"]) >= 4
+        assert r["rounds_ok"] == "2" and len(json.loads(r["img_per_s_rounds"])) == 2
+        assert float(r["img_per_s_min"]) <= float(r["img_per_s"]) <= float(r["img_per_s_max"])
+        assert float(r["peak_pss_mb"]) > 50 and float(r["loader_cpu_ms_per_img"]) > 0
+        assert float(r["first_batch_s"]) > 0 and float(r["server_gets"]) >= 40  # ~one GET per image read
+        assert r["sampling"] == "exact global shuffle"
+    assert rows[2]["decoder"] == "torchvision"
+    assert rows[3]["status"].startswith("n/a:"), rows[3]
     result = json.loads((out / "results.json").read_text())
-    assert result["client_cpu"]["lean-async"] < result["client_cpu"]["botocore"]
-    assert (out / "throughput_vs_latency.png").stat().st_size > 1000
-    assert "x torch" in text and "server ceiling" in text and "[PASS]" in text
-    # the confirmation round re-measured exactly the two runs the target compares
-    assert result["confirmed"] == ["ours-threaded / torch, s3 20 ms, 1 workers"]
-    repeats = {(r["loader"], float(r["latency_ms"]), r["storage"]): len(json.loads(r["img_per_s_repeats"]))
-               for r in rows if r["status"] == "ok"}
-    assert repeats.pop(("ours-threaded", 20.0, "s3")) == 2 and repeats.pop(("torch", 20.0, "s3")) == 2
-    assert set(repeats.values()) == {1}
-    check = result["checks"][0]
-    assert {r["loader"] for r in check["runs"]} == {"ours-threaded", "torch"}
+    by = {c["target_key"]: c for c in result["checks"]}
+    assert by["vs_best_torch"]["status"] == "PASS"
+    assert by["vs_best_streaming_peer"]["status"] == "missing"
+    assert "[missing]" in text and "--check: a target failed or a row it needs is missing/errored" in text
+    assert (out / "frontier.png").stat().st_size > 1000
+
+
+def test_tail_throttle_targets_get_verdicts_over_rounds():
+    from benchmarking.bench_tail_throttle import evaluate
+
+    checks = {c["check"]: c for c in evaluate({
+        "hedging": [{"p99_improvement": 12.0, "extra_requests": 0.014}, {"p99_improvement": 2.5, "extra_requests": 0.02},
+                    {"p99_improvement": 9.0, "extra_requests": 0.01}],
+        "adaptive": [{"auto_vs_best_fixed": 0.7, "503_reduction_vs_largest": 50}]})}
+    assert checks["hedging: p99 time between batches, plain / hedged"]["status"] == "inconclusive"  # 2.5 .. 12
+    assert checks["hedging: p99 time between batches, plain / hedged"]["value"] == 9.0
+    assert checks["hedging: extra GETs at the server"]["status"] == "PASS"
+    assert checks["adaptive: auto img/s / best fixed setting"]["status"] == "FAIL"
+    assert checks["adaptive: 503s of the largest fixed setting / auto's"]["status"] == "PASS"
