@@ -14,7 +14,6 @@ epoch, and is measured here the same way:
 from __future__ import annotations
 
 import json
-import os
 import resource
 import subprocess
 import tempfile
@@ -133,10 +132,10 @@ def cpu_between(samples: list[TreeSample], t0: float, t1: float) -> float | None
 
 
 def write_spec(doc: dict[str, Any], where: Path) -> Path:
+    from concurrent_dataloader._atomic import atomic_write_bytes
+
     where.parent.mkdir(parents=True, exist_ok=True)
-    tmp = where.with_name(f".{where.name}.tmp")
-    tmp.write_text(json.dumps(doc, default=str))
-    os.replace(tmp, where)
+    atomic_write_bytes(where, json.dumps(doc, default=str).encode())
     return where
 
 

@@ -6,11 +6,12 @@ peer's ``prepare``, in its venv; see benchmarking/peers/README.md).
 from __future__ import annotations
 
 import json
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
+
+from concurrent_dataloader._atomic import atomic_open, atomic_write_bytes
 
 from .config import BUCKET, CREDS, FIXED_SIZE, FORMAT_BUCKET, FormatSettings
 
@@ -66,25 +67,16 @@ def _write_archive(train_dir: Path, path: Path, progress: bool) -> int:
     """One plain TAR of the tree, members ``<class>/<file>`` (so ImageArchive finds the same classes)."""
     import io
     import tarfile
-    import tempfile
 
     from tqdm import tqdm
 
     images = _train_images(train_dir)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f, tarfile.open(fileobj=f, mode="w", format=tarfile.USTAR_FORMAT) as tar:
-            for img in tqdm(images, desc="archive", unit="img", disable=not progress):
-                data = img.read_bytes()
-                info = tarfile.TarInfo(f"{img.parent.name}/{img.name}")
-                info.size, info.mtime, info.mode = len(data), 0, 0o644
-                tar.addfile(info, io.BytesIO(data))
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    with atomic_open(path, "wb") as f, tarfile.open(fileobj=f, mode="w", format=tarfile.USTAR_FORMAT) as tar:
+        for img in tqdm(images, desc="archive", unit="img", disable=not progress):
+            data = img.read_bytes()
+            info = tarfile.TarInfo(f"{img.parent.name}/{img.name}")
+            info.size, info.mtime, info.mode = len(data), 0, 0o644
+            tar.addfile(info, io.BytesIO(data))
     return len(images)
 
 
@@ -162,9 +154,7 @@ def prepare_formats(data_dir: Path, formats: set[str], settings: FormatSettings,
             if record is None:
                 marker.unlink(missing_ok=True)
                 record = _make_format(base, train_dir, root, settings, progress)
-                tmp = marker.with_name(f".{marker.name}.tmp")
-                tmp.write_text(json.dumps(record, indent=1))
-                os.replace(tmp, marker)
+                atomic_write_bytes(marker, json.dumps(record, indent=1).encode())
             made[tag] = FormatData(name=tag, root=root / "data", files=list(record["files"]),
                                    images=int(record["images"]), size_bytes=int(record["size_bytes"]),
                                    seconds=float(record["seconds"]), made_now=made_now,
@@ -236,9 +226,7 @@ def write_index(data_dir: Path, out: Path) -> Path:
     classes = json.loads((data_dir / "imagenet-train-classes.json").read_text())
     index = [{"key": k, "label": int(classes[k.split("/")[-1].split("_")[0]]["id"])} for k in keys]
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp")
-    tmp.write_text(json.dumps(index))
-    os.replace(tmp, out)
+    atomic_write_bytes(out, json.dumps(index).encode())
     return out
 
 

@@ -30,7 +30,7 @@ def _image_folder(root: Path, classes: int = 2, per_class: int = 3) -> Path:
 
 def _run_every_writer(work: Path, images: Path) -> dict[str, Path]:
     """Each writer/tool writes under its own folder of ``work``; returns {what: folder}."""
-    from benchmarking.harness import _write_archive
+    from benchmarking.harness.prepare import _write_archive
     from benchmarking.make_synthetic import SyntheticSpec, make_synthetic
     from benchmarking.s3_bench import main as s3_bench_main
     from benchmarking.s3_server import S3Server
