@@ -1,4 +1,5 @@
-"""Validated fetch settings; they travel to worker processes inside the worker_init_fn."""
+"""Validated fetch settings, and the :class:`WorkerContext` that carries them (with the loader's
+stats block and budget) to each worker."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ from typing import Any, Callable, Literal, get_args
 
 from ..errors import ConfigError
 
-__all__ = ["FetchConfig", "FETCH_IMPLS", "FetchImpl"]
+__all__ = ["FetchConfig", "FETCH_IMPLS", "FetchImpl", "WorkerContext"]
 
 FetchImpl = Literal["threaded", "asyncio"]
 FETCH_IMPLS: tuple[FetchImpl, ...] = get_args(FetchImpl)
@@ -56,31 +57,37 @@ class FetchConfig:
         return int(self.num_fetch_workers)
 
 
-class InitFnWithConfig:
-    """Carries the FetchConfig to each worker: torch's worker loop has no slot for it.
+class WorkerContext:
+    """Everything a worker needs from its loader: the fetch settings, the shared-memory stats
+    block (one row per worker) and the adaptive budget.
 
-    Calling it runs the user's worker_init_fn unchanged.
+    torch's worker loop has no slot for it, so it rides in something torch pickles to every
+    worker anyway: in the ``worker_init_fn`` slot (calling it runs the user's ``worker_init_fn``
+    unchanged), or, when the loader falls back to the ``__getitems__`` hook, inside the dataset
+    wrapper. :meth:`of` finds it again in the worker; the seed's monkeypatched stock DataLoader
+    has none, and gets the defaults.
     """
 
-    def __init__(self, init_fn: Callable[[int], None] | None, config: FetchConfig, stats_block: Any = None,
-                 budget: Any = None) -> None:
-        self.init_fn = init_fn
+    def __init__(self, config: FetchConfig, stats_block: Any = None, budget: Any = None,
+                 user_init_fn: Callable[[int], None] | None = None) -> None:
         self.config = config
         self.stats_block = stats_block  # telemetry.StatsBlock in shared memory, one row per worker
         self.budget = budget            # adaptive.SharedBudget for num_fetch_workers="auto"
+        self.user_init_fn = user_init_fn
+
+    @staticmethod
+    def of(init_fn: object) -> "WorkerContext":
+        return init_fn if isinstance(init_fn, WorkerContext) else WorkerContext(FetchConfig())
 
     def __call__(self, worker_id: int) -> None:
-        if self.init_fn is not None:
-            self.init_fn(worker_id)
+        if self.user_init_fn is not None:
+            self.user_init_fn(worker_id)
 
+    def row(self, worker_id: int) -> Any:
+        """This worker's telemetry row (None without a stats block)."""
+        return self.stats_block.row(worker_id) if self.stats_block is not None else None
 
-def config_from_init_fn(init_fn: object) -> FetchConfig | None:
-    return init_fn.config if isinstance(init_fn, InitFnWithConfig) else None
+    def make_fetcher(self, dataset: Any, worker_id: int) -> Any:
+        from .fetchers import make_fetcher  # fetchers imports this module
 
-
-def stats_block_from_init_fn(init_fn: object) -> Any:
-    return init_fn.stats_block if isinstance(init_fn, InitFnWithConfig) else None
-
-
-def budget_from_init_fn(init_fn: object) -> Any:
-    return init_fn.budget if isinstance(init_fn, InitFnWithConfig) else None
+        return make_fetcher(dataset, self.config, self.row(worker_id), budget=self.budget, slot=worker_id)

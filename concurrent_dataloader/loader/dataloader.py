@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 import weakref
 from typing import Any, TypeVar
 
@@ -9,10 +10,12 @@ import torch.utils.data
 from torch.utils.data import Dataset
 
 from .. import telemetry
-from . import _torch_compat
+from . import _torch_compat, lifecycle
 from .adaptive import SharedBudget
-from .config import FetchConfig, FetchImpl
+from .batch_pool import BatchPool, SamplerBatches
+from .config import FetchConfig, FetchImpl, WorkerContext
 from .fetchers import SampleFetcher, make_fetcher
+from .getitems import LoaderGetitems
 from .resume import STATE_VERSION, ResumableIndexSampler, capture_rng, restore_rng, validate_state
 from .worker import _worker_loop
 
@@ -38,6 +41,12 @@ class DataLoader(torch.utils.data.DataLoader[_T_co]):
         index batches ahead (``max(prefetch_factor, batch_pool)``), so it takes effect.
 
     Map-style datasets get the concurrency; an ``IterableDataset`` behaves exactly as in torch.
+
+    With a torch whose worker loop this version cannot bind (see ``_torch_compat.py``), and with
+    torch's thread workers (``worker_method="thread"``, where torch offers them), torch's own
+    iterator runs and each batch's samples still load concurrently through the ``__getitems__``
+    hook (:class:`~concurrent_dataloader.loader.getitems.LoaderGetitems`); only read-ahead
+    across batches is lost, and a warning says so once per process.
     """
 
     def __init__(self, dataset: Dataset[_T_co], *args: Any, num_fetch_workers: int | str = 16,
@@ -47,15 +56,13 @@ class DataLoader(torch.utils.data.DataLoader[_T_co]):
                              max_fetch_workers=max_fetch_workers, fetch_budget=fetch_budget)
         super().__init__(dataset, *args, **kwargs)
         self.fetch_config = config
-        # NOTE (shutdown): shared by this loader and its num_workers=0 iterators; it stops its
-        # threads when close() is called or when the last of them is garbage-collected.
+        # Shared by this loader and its num_workers=0 iterators (see NOTE [ Shutdown ] in
+        # lifecycle.py: close(), or a finalizer once they are all gone).
         self._main_fetcher: SampleFetcher | None = None
-        # Multi-process iterators still alive, so close() can stop their workers at once.
-        # NOTE (shutdown): otherwise an iterator owns its workers, persistent ones included, and
-        # stops them when it is exhausted (non-persistent) or garbage-collected, as in torch. The
-        # loader holds its persistent iterator but not the reverse, so persistent workers stop
-        # when both the loader and every reference to the iterator are gone. Stopping them when
-        # only the loader is collected would end ``iter(DataLoader(...))`` at once, silently.
+        # The __getitems__ fallback's dataset wrapper (unknown torch layout, thread workers).
+        self._fallback_dataset: LoaderGetitems | None = None
+        # Parallel iterators still alive, so close() can stop their workers at once; otherwise
+        # each iterator owns its workers (see NOTE [ Shutdown ]: del / garbage collection).
         self._live_iterators: weakref.WeakSet = weakref.WeakSet()
         # Mid-epoch resume: the sampler wrapper and iterator of the current epoch, and a state
         # waiting to be replayed by the next iterator.
@@ -89,30 +96,62 @@ class DataLoader(torch.utils.data.DataLoader[_T_co]):
             restore_rng(self, pending["pre_iterator_rng"])
         sampler = ResumableIndexSampler(_torch_compat.index_sampler(self), self, capture_rng(self))
         sampler.pending = pending
-        if self.num_workers == 0:
-            if self._main_fetcher is None:
-                # This loader's row travels with its fetcher (NOTE [ Stats sink ] in telemetry.py).
-                self._main_fetcher = make_fetcher(self.dataset, self.fetch_config, self._main_stats.row(0))
-            iterator = _torch_compat.ConcurrentSingleProcessIter(self, self._main_fetcher, self.batch_pool, sampler,
-                                                                 self._timer)
+        if self.num_workers == 0 and _torch_compat.SINGLE_PROCESS_OK:
+            iterator = _torch_compat.ConcurrentSingleProcessIter(self, self._sampler_batches, sampler, self._timer)
+        elif self.num_workers == 0:
+            _warn_fallback("its single-process iterator changed")
+            iterator = self._fallback_iterator(sampler)
         else:
             self.check_worker_number_rationality()
-            context = self.multiprocessing_context or torch.multiprocessing
-            if self._worker_stats is None or self._worker_stats.rows != self.num_workers:
-                self._worker_stats = telemetry.StatsBlock(self.num_workers, context)
-                self._epoch_start_totals = self._stats_totals()
-                if self.fetch_config.adaptive:
-                    self._budget = SharedBudget(self.fetch_config.fetch_budget, self.num_workers, context)
-            iterator = _torch_compat.ConcurrentMultiProcessingIter(self, self.fetch_config, _worker_loop, sampler,
-                                                                   self._timer, self._worker_stats, self._budget)
+            self._ensure_worker_stats()
+            method = _torch_compat.worker_method(self)
+            if method != "multiprocessing" or _torch_compat.WORKER_LAYOUT is None:
+                _warn_fallback(f"worker_method={method!r}" if method != "multiprocessing"
+                               else _torch_compat.UNKNOWN_LAYOUT_REASON)
+                iterator = self._fallback_iterator(sampler)
+            else:
+                iterator = _torch_compat.ConcurrentMultiProcessingIter(
+                    self, _worker_loop, WorkerContext(self.fetch_config, self._worker_stats, self._budget,
+                                                      self.worker_init_fn),
+                    self.batch_pool, sampler, self._timer)
             self._live_iterators.add(iterator)
         self._resume_track = (weakref.ref(iterator), sampler)
         return iterator
 
+    def _sampler_batches(self, next_index: Any, auto_collation: bool, collate_fn: Any) -> SamplerBatches:
+        """num_workers=0: an iterator's batches, from its sampler through this loader's fetcher."""
+        if self._main_fetcher is None:
+            # This loader's row travels with its fetcher (NOTE [ Stats sink ] in telemetry.py).
+            self._main_fetcher = make_fetcher(self.dataset, self.fetch_config, self._main_stats.row(0))
+        return SamplerBatches(BatchPool(self._main_fetcher, self.batch_pool, auto_collation, collate_fn), next_index)
+
+    def _ensure_worker_stats(self) -> None:
+        """A shared-memory stats row per worker (and the adaptive budget), made with the first
+        parallel iterator and again when num_workers changes."""
+        if self._worker_stats is None or self._worker_stats.rows != self.num_workers:
+            context = self.multiprocessing_context or torch.multiprocessing
+            self._worker_stats = telemetry.StatsBlock(self.num_workers, context)
+            self._epoch_start_totals = self._stats_totals()
+            if self.fetch_config.adaptive:
+                self._budget = SharedBudget(self.fetch_config.fetch_budget, self.num_workers, context)
+
+    def _fallback_iterator(self, sampler: Any) -> Any:
+        """torch's own iterator over a wrapper whose ``__getitems__`` loads each batch concurrently."""
+        wrapper = self._fallback_dataset
+        stats = self._worker_stats if self.num_workers > 0 else self._main_stats
+        if wrapper is None or wrapper._cdl_context.stats_block is not stats:
+            if wrapper is not None:
+                wrapper.close_getitems()
+            context = WorkerContext(self.fetch_config, stats, self._budget if self.num_workers > 0 else None)
+            wrapper = self._fallback_dataset = LoaderGetitems(self.dataset, context)
+        dataset = self.dataset if callable(getattr(self.dataset, "__getitems__", None)) else wrapper
+        view = _torch_compat.LoaderView(self, {"_index_sampler": sampler, "dataset": dataset})
+        return _torch_compat.stock_iterator(view, self._timer)
+
     def __iter__(self) -> Any:
-        if self.persistent_workers and _torch_compat.iterator_is_shut_down(self):
+        if self.persistent_workers:
             # Its workers were stopped (one died, or a timeout): resuming it would wait forever.
-            _torch_compat.forget_persistent_iterator(self)
+            lifecycle.replace_broken_persistent_iterator(self)
         if _torch_compat.is_map_style(self):
             # NOTE: snapshot *before* torch primes the next epoch's prefetch, so nothing of this
             # epoch is counted in the previous one.
@@ -183,9 +222,27 @@ class DataLoader(torch.utils.data.DataLoader[_T_co]):
         if fetcher is not None:
             fetcher.close()
             self._main_fetcher = None
+        wrapper = self.__dict__.get("_fallback_dataset")
+        if wrapper is not None:
+            wrapper.close_getitems()  # this process's fetcher only; workers close their own
 
     def __enter__(self) -> "DataLoader":
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+_fallback_warned: set[str] = set()
+
+
+def _warn_fallback(reason: str) -> None:
+    """Once per process and reason: what the ``__getitems__`` fallback loses."""
+    if reason in _fallback_warned:
+        return
+    _fallback_warned.add(reason)
+    warnings.warn(
+        f"concurrent_dataloader cannot run its own worker loop with torch {torch.__version__} ({reason}); "
+        f"batches load through torch's own iterator, with each batch's samples fetched concurrently via "
+        f"__getitems__. Lost: read-ahead across batches (batch_pool), so a worker finishes one batch "
+        f"before it starts the next.", RuntimeWarning, stacklevel=4)

@@ -9,15 +9,16 @@ from __future__ import annotations
 
 from typing import Any, Sequence
 
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, get_worker_info
 
 from .._process_local import ProcessLocal, drop_process_local
-from .config import FetchConfig, FetchImpl
+from .config import FetchConfig, FetchImpl, WorkerContext
 from .fetchers import SampleFetcher, make_fetcher
+from .orphan import watch_parent
 from .protocol import same_as_per_sample
 from .wrappers import plain_wrapper, register_plain_wrapper
 
-__all__ = ["ConcurrentGetitemsMixin", "ConcurrentGetitems", "concurrent_getitems"]
+__all__ = ["ConcurrentGetitemsMixin", "ConcurrentGetitems", "concurrent_getitems", "LoaderGetitems"]
 
 
 class ConcurrentGetitemsMixin:
@@ -91,3 +92,47 @@ def concurrent_getitems(dataset: Any, num_fetch_workers: int = 16,
                        fetch_impl: FetchImpl = "threaded") -> ConcurrentGetitems:
     """Return ``dataset`` wrapped so that the stock torch DataLoader loads each batch concurrently."""
     return ConcurrentGetitems(dataset, num_fetch_workers=num_fetch_workers, fetch_impl=fetch_impl)
+
+
+class LoaderGetitems(ConcurrentGetitemsMixin, Dataset):
+    """Our DataLoader's fallback when it cannot run its own worker loop (a torch worker layout it
+    does not know, or torch's thread workers): torch's iterator runs unchanged on this wrapper,
+    and each batch's samples load concurrently through ``__getitems__``, with the loader's
+    fetch settings, stats rows and budget (its :class:`WorkerContext`). Read-ahead across
+    batches is lost.
+
+    It stands in for the user's dataset in the workers: attributes are read from and written to
+    the wrapped dataset (a ``worker_init_fn`` that sets ``get_worker_info().dataset.x`` still
+    reaches it). Thread workers of one process share one fetcher.
+    """
+
+    _own = frozenset({"dataset", "_cdl_context"})
+
+    def __init__(self, dataset: Any, context: WorkerContext) -> None:
+        self.__dict__.update(dataset=dataset, _cdl_context=context)
+
+    def _cdl_new_fetcher(self) -> SampleFetcher:
+        info = get_worker_info()
+        if info is not None and getattr(info, "worker_method", "multiprocessing") == "multiprocessing":
+            watch_parent()  # a worker process: exit even mid-batch when the training process dies
+        return self._cdl_context.make_fetcher(self.dataset, info.id if info is not None else 0)
+
+    def _cdl_target(self) -> Any:
+        return self.dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int) -> Any:
+        return self.dataset[index]
+
+    def __getattr__(self, name: str) -> Any:
+        if name in LoaderGetitems._own:  # not yet set (during unpickling)
+            raise AttributeError(name)
+        return getattr(self.dataset, name)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name in LoaderGetitems._own or name.startswith("_cdl_"):
+            self.__dict__[name] = value
+        else:
+            setattr(self.dataset, name, value)
