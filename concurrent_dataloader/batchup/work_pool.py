@@ -221,9 +221,9 @@ class WorkerProcessPool(AbstractWorkerPool):
     forkserver, functions and classes used by the tasks (accessors, map functions) must be
     importable: defined at the top level of a module, not in ``__main__`` of a notebook.
 
-    NOTE (fork safety): the workers are started here, before the first batch, so they fork
-    before the consumer starts fetch threads; accessors create their clients lazily in each
-    worker.
+    The workers are started here, before the first batch, so they fork before the consumer
+    starts fetch threads; accessors create their clients lazily in each worker (NOTE [ Fork
+    safety ] in ``concurrent_dataloader/__init__.py``).
     """
 
     def __init__(self, processes: int | None = 1, start_method: str | None = None) -> None:

@@ -26,8 +26,9 @@ __all__ = ["AIMDController", "Limiter", "AsyncLimiter", "SharedBudget"]
 class SharedBudget:
     """The in-flight limits of all workers, in shared memory, capped by ``total``.
 
-    NOTE (fork safety): created by the main process with the loader's multiprocessing context
-    and passed to workers at start-up; a process-shared lock guards the read-modify-write.
+    Shared memory made by the main process with the loader's multiprocessing context and passed
+    to workers at start-up (NOTE [ Fork safety ] in ``concurrent_dataloader/__init__.py``); a
+    process-shared lock guards the read-modify-write.
     """
 
     def __init__(self, total: int, slots: int, context: Any) -> None:

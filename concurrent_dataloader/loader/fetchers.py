@@ -4,9 +4,8 @@
 :class:`AsyncioFetcher`. ``submit(indices)`` starts every sample of a batch and returns a
 :class:`BatchHandle`; ``handle.result()`` waits and returns the samples in index order.
 
-NOTE (fork safety): an engine owns threads (and, for asyncio, an event loop). Threads do not
-survive fork, so an engine is created inside the process that uses it (the worker loop builds
-its own after the fork) and is never pickled.
+An engine owns threads (and, for asyncio, an event loop), so it is created inside the process
+that uses it and never pickled (NOTE [ Fork safety ] in ``concurrent_dataloader/__init__.py``).
 """
 
 from __future__ import annotations
@@ -452,8 +451,8 @@ class ThreadedFetcher(SampleFetcher):
         self._decode_gate = threading.BoundedSemaphore(self._decode_slots)
         if self.controller is not None:
             self._gate = Limiter(self.current_limit)
-        # NOTE (shutdown): the finalizer stops the pools even if close() is never called
-        # (e.g. ``del loader`` mid-epoch); it must not reference self.
+        # See NOTE [ Shutdown ] in lifecycle.py (fetcher close): the finalizer stops the pools
+        # even if close() is never called; it must not reference self.
         self._finalizer = weakref.finalize(self, _shutdown_pools, [self._pool, self._cpu_pool], dataset)
 
     def submit(self, indices: Sequence[Any]) -> BatchHandle:
@@ -530,8 +529,9 @@ def _run_loop(loop: asyncio.AbstractEventLoop) -> None:
 
 
 def _stop_loop(loop: asyncio.AbstractEventLoop, thread: threading.Thread, pools: list, dataset: Any) -> None:
-    # NOTE (shutdown): this may run on any thread, including the loop's own thread when the
-    # last reference to the fetcher dies inside a callback; then it must not block or join.
+    # See NOTE [ Shutdown ] in lifecycle.py (fetcher close). This may run on any thread, including
+    # the loop's own thread when the last reference to the fetcher dies inside a callback; then
+    # it must not block or join.
     on_loop_thread = threading.current_thread() is thread
     if thread.is_alive() and not loop.is_closed():
         if not on_loop_thread:

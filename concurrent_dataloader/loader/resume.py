@@ -99,7 +99,7 @@ class ResumableIndexSampler:
 
     def __init__(self, inner: Any, loader: Any, pre_iterator_rng: dict[str, str]) -> None:
         self.inner = inner
-        # NOTE (shutdown): not the loader itself. A persistent iterator holds this sampler and the
+        # See NOTE [ Shutdown ] in lifecycle.py: not the loader itself. A persistent iterator holds this sampler and the
         # loader holds the iterator; a cycle would leave the workers to the cyclic GC, which may
         # finalize their queues first and then wait 5 s per worker to join them.
         self.loader = _RngSources(loader)

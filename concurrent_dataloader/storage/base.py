@@ -3,10 +3,11 @@
 A store returns an object's bytes by key (optionally a byte range), synchronously for the
 threaded fetcher and as a coroutine for the asyncio fetcher, and lists a prefix.
 
-NOTE (fork safety): stores hold clients, sockets or file handles. Implementations keep them in
-per-process state (:class:`~concurrent_dataloader._process_local.ProcessLocal`, see NOTE
-[ Per-process state ]): created lazily in the process that uses them and dropped when pickled,
-so a store can be handed to DataLoader workers under fork and spawn.
+See NOTE [ Fork safety ] (``concurrent_dataloader/__init__.py``): stores hold clients, sockets
+or file handles. Implementations keep them in per-process state
+(:class:`~concurrent_dataloader._process_local.ProcessLocal`, see NOTE [ Per-process state ]):
+created lazily in the process that uses them and dropped when pickled, so a store can be handed
+to DataLoader workers under fork and spawn.
 """
 
 from __future__ import annotations

@@ -4,9 +4,10 @@ For ``data_in_memory``-style reading of large local files: each file is mapped o
 ``MAP_SHARED``/``ACCESS_READ`` and asked to be read in (``MADV_WILLNEED``); a ranged read is a
 slice of the mapping.
 
-NOTE (fork): unlike per-process state, a mapping *is* inherited by forked workers on purpose:
-it is read-only and shared, so the workers read the same page-cache pages instead of each
-copying the file. It is never pickled: an unpickled copy (spawn) maps the file again.
+NOTE [ Fork safety ] (``concurrent_dataloader/__init__.py``): unlike per-process state, a
+mapping *is* inherited by forked workers on purpose: it is read-only and shared, so the workers
+read the same page-cache pages instead of each copying the file. It is never pickled: an
+unpickled copy (spawn) maps the file again.
 """
 
 from __future__ import annotations

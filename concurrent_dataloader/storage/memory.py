@@ -4,9 +4,10 @@ Used for archives that must be read whole anyway (compressed tar files, ``data_i
 with a remote archive): ``loader(key)`` reads and decompresses the object once, then every
 ranged read is a slice. Not addressable by URL (there is nothing to name), so no scheme.
 
-NOTE (fork/spawn): forked workers share the parent's loaded bytes copy-on-write. With a
-``loader``, the bytes are not pickled: under spawn each process loads its own copy on first
-use. Without one, the objects are the store's content and are pickled with it.
+NOTE [ Fork safety ] (``concurrent_dataloader/__init__.py``): forked workers share the parent's
+loaded bytes copy-on-write. With a ``loader``, the bytes are not pickled: under spawn each
+process loads its own copy on first use. Without one, the objects are the store's content and
+are pickled with it.
 """
 
 from __future__ import annotations

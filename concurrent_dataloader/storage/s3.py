@@ -4,11 +4,12 @@ One GET per object and never a HEAD on the read path; a byte range becomes an HT
 header. Transient failures are retried by :class:`~.retry.RetryPolicy` (botocore's own
 retries are switched off so the counts are real).
 
-NOTE (fork/spawn safety): clients are created lazily in the process that uses them, keyed on
-``os.getpid()``, and are dropped when the store is pickled. A forked worker therefore never
-touches its parent's sockets, and a spawned worker builds its own clients on first use.
-Async clients are also keyed on the running event loop, because an aiohttp session is bound to
-the loop it was created on; :meth:`S3Store.aclose` closes the one of the running loop.
+See NOTE [ Fork safety ] (``concurrent_dataloader/__init__.py``): clients are created lazily in
+the process that uses them, keyed on ``os.getpid()``, and are dropped when the store is pickled.
+A forked worker therefore never touches its parent's sockets, and a spawned worker builds its
+own clients on first use. Async clients are also keyed on the running event loop, because an
+aiohttp session is bound to the loop it was created on; :meth:`S3Store.aclose` closes the one of
+the running loop.
 """
 
 from __future__ import annotations

@@ -12,11 +12,12 @@ path (the asyncio fetcher) uses an :class:`asyncio.Protocol` per connection on t
 bundle and credentials are resolved by botocore (:mod:`.aws_config`), once per process; only the
 per-request work is ours.
 
-NOTE (fork safety): sockets, pools and the credential provider are created lazily and keyed on
-``os.getpid()`` (and, for the async pool, on the event loop), and are dropped when the store is
-pickled. What travels is configuration: the resolved endpoint per bucket and the
-:class:`~.aws_config.CredentialSource` (a profile name or file path; keys only when they were
-given explicitly in code). Keys never appear in ``repr`` or error messages.
+See NOTE [ Fork safety ] (``concurrent_dataloader/__init__.py``): sockets, pools and the
+credential provider are created lazily and keyed on ``os.getpid()`` (and, for the async pool, on
+the event loop), and are dropped when the store is pickled. What travels is configuration: the
+resolved endpoint per bucket and the :class:`~.aws_config.CredentialSource` (a profile name or
+file path; keys only when they were given explicitly in code). Keys never appear in ``repr`` or
+error messages.
 """
 
 from __future__ import annotations
