@@ -23,7 +23,10 @@ min-max spread over the repeats.
     python -m benchmarking.bench_decode --runs 50 --repeats 3 --out /tmp/x.json   # quick look
 
 Exit status 1 when the fast train recipe (tv_train) costs more than 0.65x the PIL recipe with
-Normalize (pil_train_normalize) per image at 500x375 (the issue's CPU target, per image).
+Normalize (pil_train_normalize) per image at 500x375 (the issue's CPU target, per image), at the
+default ``--size 224`` (other sizes explore the DCT experiment and are not checked).
+
+    python -m benchmarking.bench_decode --size 112 --runs 100 --repeats 3 --out docs/results/bench_decode_112.json
 """
 
 from __future__ import annotations
@@ -209,20 +212,23 @@ def main(argv: list[str] | None = None) -> int:
 
     base = result["image_sets"]["500x375 (~100 KB)"]["recipes"]
     ratio = base["tv_train"]["ms_per_img"] / base["pil_train_normalize"]["ms_per_img"]
-    result["check"] = {"tv_train / pil_train_normalize": ratio, "target": CPU_TARGET, "ok": ratio <= CPU_TARGET}
+    checked = args.size == 224  # the target is for the ImageNet recipe; other sizes are exploration
+    ok = ratio <= CPU_TARGET or not checked
+    result["check"] = {"tv_train / pil_train_normalize": ratio, "target": CPU_TARGET, "checked": checked, "ok": ok}
     for set_name, data in result["image_sets"].items():
         print(f"\n{set_name}, {data['kb']:.0f} KB avg; ms/img median [min-max] over {args.repeats} repeats")
         for name, row in data["recipes"].items():
             extra = f"  DCT scales {row['dct_scale_share']}" if "dct_scale_share" in row else ""
             print(f"  {name:22s} {row['ms_per_img']:6.2f}  [{row['min']:.2f}-{row['max']:.2f}]{extra}")
-    print(f"\ntv_train / pil_train_normalize = {ratio:.2f} (target <= {CPU_TARGET}): {'ok' if ratio <= CPU_TARGET else 'FAIL'}")
+    verdict = ("ok" if ratio <= CPU_TARGET else "FAIL") if checked else "not checked: the target is for --size 224"
+    print(f"\ntv_train / pil_train_normalize = {ratio:.2f} (target <= {CPU_TARGET}): {verdict}")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     tmp = args.out.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(result, indent=1) + "\n")
     tmp.replace(args.out)
     plot(result, args.out.with_suffix(".png"))
     print(f"wrote {args.out} and {args.out.with_suffix('.png')}")
-    return 0 if ratio <= CPU_TARGET else 1
+    return 0 if ok else 1
 
 
 if __name__ == "__main__":
