@@ -18,6 +18,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 from torch.utils.data import Dataset
 
+from .._closing import Closing
 from .._process_local import ProcessLocal, drop_process_local
 from ..loader.config import FetchConfig
 from ..loader.fetchers import SampleFetcher, make_fetcher
@@ -28,7 +29,7 @@ __all__ = ["DatasetAccessor", "DataSourceDataset"]
 _COLLATES = ("stack", "list")
 
 
-class DatasetAccessor:
+class DatasetAccessor(Closing):
     """A batchup array-like accessor whose batch lookups fetch all samples concurrently.
 
     ``accessor[i]`` returns one sample; ``accessor[index_array]`` (1-D, integer) and
@@ -76,12 +77,6 @@ class DatasetAccessor:
     def close(self) -> None:
         """Stop this process's fetch threads (they are re-created on the next lookup)."""
         DatasetAccessor._engine.reset(self)
-
-    def __enter__(self) -> "DatasetAccessor":
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
     # -- array-like protocol ------------------------------------------------------------------
     def __len__(self) -> int:

@@ -183,21 +183,17 @@ def _normalised_weights(weights: Any, name: str) -> np.ndarray:
     return w / total
 
 
-class WeightedSampler(AbstractSampler):
-    """Draws samples with replacement, with probability proportional to ``weights``; never ends.
+class _WeightedDraw(AbstractSampler):
+    """Endless draws with replacement from ``range(self.length)`` with probabilities ``self._p``."""
 
-    Only shuffled iteration is supported (``batch_iterator(..., shuffle=rng)``).
-    """
-
-    def __init__(self, weights: Any) -> None:
-        self.weights = _normalised_weights(weights, "weights")
-        self.length = len(self.weights)
+    length: int
+    _p: np.ndarray
 
     def num_indices_generated(self) -> float:
         return np.inf
 
     def in_order_indices_batch_iterator(self, batch_size: int) -> Iterator[np.ndarray]:
-        raise NotImplementedError("In-order sampling not supported by WeightedSampler")
+        raise NotImplementedError(f"In-order sampling not supported by {type(self).__name__}")
 
     def shuffled_indices_batch_iterator(self, batch_size: int, shuffle_rng: Any) -> Iterator[np.ndarray]:
         batch_size = _check_batch_size(batch_size)
@@ -205,7 +201,21 @@ class WeightedSampler(AbstractSampler):
 
     def _draw(self, batch_size: int, shuffle_rng: Any) -> Iterator[np.ndarray]:
         while True:
-            yield shuffle_rng.choice(self.length, size=(batch_size,), p=self.weights)
+            yield self._map(shuffle_rng.choice(self.length, size=(batch_size,), p=self._p))
+
+    def _map(self, drawn: np.ndarray) -> np.ndarray:
+        return drawn
+
+
+class WeightedSampler(_WeightedDraw):
+    """Draws samples with replacement, with probability proportional to ``weights``; never ends.
+
+    Only shuffled iteration is supported (``batch_iterator(..., shuffle=rng)``).
+    """
+
+    def __init__(self, weights: Any) -> None:
+        self.weights = self._p = _normalised_weights(weights, "weights")
+        self.length = len(self.weights)
 
     @staticmethod
     def class_balancing_sample_weights(y: Any) -> np.ndarray:
@@ -225,7 +235,7 @@ class WeightedSampler(AbstractSampler):
         return WeightedSampler(WeightedSampler.class_balancing_sample_weights(y))
 
 
-class WeightedSubsetSampler(AbstractSampler):
+class WeightedSubsetSampler(_WeightedDraw):
     """Like :class:`WeightedSampler`, over the subset ``indices`` with weights ``sub_weights``."""
 
     def __init__(self, sub_weights: Any, indices: Any) -> None:
@@ -233,27 +243,16 @@ class WeightedSubsetSampler(AbstractSampler):
         if len(sub_weights) != len(indices):
             raise ValueError(f"sub_weights and indices should have the same length; "
                              f"{len(sub_weights)} != {len(indices)}")
-        self.sub_weights = _normalised_weights(sub_weights, "sub_weights")
+        self.sub_weights = self._p = _normalised_weights(sub_weights, "sub_weights")
         self.indices = indices
         self.length = len(indices)
-
-    def num_indices_generated(self) -> float:
-        return np.inf
 
     def map_indices(self, indices: np.ndarray) -> np.ndarray:
         return self.indices[indices]
 
-    def in_order_indices_batch_iterator(self, batch_size: int) -> Iterator[np.ndarray]:
-        raise NotImplementedError("In-order sampling not supported by WeightedSubsetSampler")
-
-    def shuffled_indices_batch_iterator(self, batch_size: int, shuffle_rng: Any) -> Iterator[np.ndarray]:
-        batch_size = _check_batch_size(batch_size)
-        return self._draw(batch_size, shuffle_rng)
-
-    def _draw(self, batch_size: int, shuffle_rng: Any) -> Iterator[np.ndarray]:
-        while True:
-            # indices[choice(N, p)] draws the same numbers as batchup's choice(indices, p).
-            yield self.indices[shuffle_rng.choice(self.length, size=(batch_size,), p=self.sub_weights)]
+    def _map(self, drawn: np.ndarray) -> np.ndarray:
+        # indices[choice(N, p)] draws the same numbers as batchup's choice(indices, p).
+        return self.indices[drawn]
 
     @staticmethod
     def class_balancing_sampler(y: Any, indices: Any) -> "WeightedSubsetSampler":

@@ -35,6 +35,7 @@ from typing import Any, Callable, Iterable, Iterator
 
 import numpy as np
 
+from .._closing import Closing
 from . import data_source
 
 __all__ = [
@@ -126,7 +127,7 @@ def _shutdown_executor(executor: cf.Executor, tmpdir: str | None) -> None:
         shutil.rmtree(tmpdir, ignore_errors=True)
 
 
-class AbstractWorkerPool:
+class AbstractWorkerPool(Closing):
     """A pool of workers; use :meth:`parallel_data_source` or :meth:`work_stream`.
 
     Several streams may share one pool (their tasks share its workers). Use it as a context
@@ -185,12 +186,6 @@ class AbstractWorkerPool:
             stream.close(_abort_reason=_reason or f"{type(self).__name__}.close() was called")
         self._executor.shutdown(wait=True, cancel_futures=True)
         self._finalizer()
-
-    def __enter__(self) -> "AbstractWorkerPool":
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
 
 class WorkerThreadPool(AbstractWorkerPool):
@@ -368,7 +363,7 @@ class WorkStream:
             pass
 
 
-class BatchStreamIterator:
+class BatchStreamIterator(Closing):
     """Iterator over a :class:`WorkStream`'s results; ``close()`` or ``with`` cancels the remaining work."""
 
     def __init__(self, stream: WorkStream) -> None:
@@ -387,12 +382,6 @@ class BatchStreamIterator:
 
     def close(self) -> None:
         self._stream.close()
-
-    def __enter__(self) -> "BatchStreamIterator":
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
     def __del__(self) -> None:
         try:

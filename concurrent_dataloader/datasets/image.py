@@ -15,6 +15,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
+from .._closing import ClosesStore
 from ..decoding import DECODERS, check_decode_device, check_decoder, decode_image, encoded_image
 from ..errors import ConfigError, SampleLoadError, annotate_sample_error
 from ..loader.protocol import ConcurrentDataset
@@ -59,7 +60,7 @@ class _PackedStrings:
         return [self[i] for i in range(len(self))]
 
 
-class ImageDataset(ConcurrentDataset):
+class ImageDataset(ClosesStore, ConcurrentDataset):
     """``(image, label)`` samples: ``keys[i]`` read from ``store``, ``labels[i]`` an int.
 
     After the default collate the labels are an int64 tensor. Without a transform the image is a
@@ -185,14 +186,9 @@ class ImageDataset(ConcurrentDataset):
         except Exception:
             return None
 
-    def close_fetch_resources(self) -> None:
-        self.store.close()
-
-    async def aclose_fetch_resources(self) -> None:
-        await self.store.aclose()
-
-    def close(self) -> None:
-        self.store.close()
+    @property
+    def _fetch_store(self) -> ByteStore:
+        return self.store  # close() and the loader's shutdown hooks release its clients (ClosesStore)
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({len(self)} images from {self.store!r}, cache={self.cache!r})"

@@ -32,6 +32,7 @@ from typing import Any, BinaryIO, Callable, Iterable
 
 import numpy as np
 
+from .._closing import ClosesStore
 from ..errors import ConfigError, DataFormatError
 from ..decoding import check_decoder, decode_image
 from ..loader.protocol import ConcurrentDataset
@@ -161,12 +162,6 @@ class _StoreSource:
         if warm is not None:
             warm(self.key)
 
-    def close(self) -> None:
-        self.store.close()
-
-    async def aclose(self) -> None:
-        await self.store.aclose()
-
 
 class _FetchAll:
     """Picklable 'read the whole archive and decompress it' (the MemoryStore's loader, for spawn)."""
@@ -210,7 +205,7 @@ def _check_index(table: Any, names: Any, classes: Any, members: Any, archive_siz
 
 
 # --------------------------------------------------------------------------- the dataset
-class ImageArchive(ConcurrentDataset):
+class ImageArchive(ClosesStore, ConcurrentDataset):
     """Images (and labels) stored in one TAR archive, local or as one object in S3.
 
     Arguments (the seed's, plus keyword-only extras):
@@ -268,7 +263,6 @@ class ImageArchive(ConcurrentDataset):
         self.target_transform = target_transform
         self.loader = loader
         self.data_in_memory = bool(data_in_memory)
-        self.open_after_fork = bool(open_after_fork) and not self.data_in_memory
         self.progress = progress
         storage_options = dict(storage_options or {})
         if isinstance(extensions, str):
@@ -352,11 +346,7 @@ class ImageArchive(ConcurrentDataset):
             st = self._local_path.stat()
             return {"size": st.st_size, "mtime_ns": st.st_mtime_ns}
         assert self._store is not None
-        fp: dict[str, Any] = {"size": self._store.size(self._key)}
-        etag = getattr(self._store, "etag", None)
-        if callable(etag):
-            fp["etag"] = etag(self._key)
-        return fp
+        return {"size": self._store.size(self._key)}
 
     def _options_record(self) -> dict:
         labels = None
@@ -640,21 +630,10 @@ class ImageArchive(ConcurrentDataset):
         process opens its own on first use)."""
         self._source.warm()
 
-    def close_fetch_resources(self) -> None:
-        self._source.close()
-
-    async def aclose_fetch_resources(self) -> None:
-        await self._source.aclose()
-
-    def close(self) -> None:
-        """Release this process's file handle / mapping / store clients (reopened lazily if used)."""
-        self._source.close()
-
-    def __enter__(self) -> "ImageArchive":
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+    @property
+    def _fetch_store(self) -> ByteStore:
+        """What ``close()`` releases: this process's file handle / mapping / store clients."""
+        return self._source.store
 
     def __repr__(self) -> str:
         return (f"ImageArchive({self.archive_name!r}, images={len(self)}, classes={len(self.classes)}, "

@@ -16,6 +16,7 @@ import asyncio
 from abc import ABC, abstractmethod
 from typing import Any, Callable, Iterator
 
+from .._closing import Closing
 from .url import parse_store_url
 
 __all__ = ["ByteStore", "ByteRange", "register_store", "open_store", "STORE_REGISTRY"]
@@ -24,7 +25,7 @@ __all__ = ["ByteStore", "ByteRange", "register_store", "open_store", "STORE_REGI
 ByteRange = tuple[int, int]
 
 
-class ByteStore(ABC):
+class ByteStore(Closing, ABC):
     @abstractmethod
     def get(self, key: str, byte_range: ByteRange | None = None) -> bytes:
         """The object's bytes (or ``byte_range`` of them). Missing key: ``FileNotFoundError``/``KeyError``
@@ -53,12 +54,6 @@ class ByteStore(ABC):
 
     async def aclose(self) -> None:
         """Release async clients bound to the running event loop."""
-
-    def __enter__(self) -> "ByteStore":
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
 
 STORE_REGISTRY: dict[str, Callable[..., ByteStore]] = {}

@@ -16,7 +16,7 @@ from concurrent_dataloader.errors import DataFormatError
 from concurrent_dataloader.formats.converted import DenseIpcConverter, DenseMemmapConverter, get_format, open_converted
 from cv_helpers import ALL, DenseDataset, converter_kwargs, upload_dir, write_folder
 
-pytest.importorskip("concurrent_dataloader.storage.s3")
+pytest.importorskip("botocore")
 
 N = 10
 

@@ -219,6 +219,20 @@ def _fb_struct_vector(buf: bytes, pos: int, fmt: str) -> list[tuple]:
     return [struct.unpack_from(fmt, buf, vec + 4 + size * k) for k in range(count)]
 
 
+def _footer_need(tail: bytes, file_size: int, name: str, what: str, magic: bytes, head: int) -> int:
+    """How many trailing bytes hold the footer of a file ending ``<footer><int32 length><magic>``
+    and starting with ``head`` bytes of magic (Arrow IPC, Parquet)."""
+    kind = what.split(" ", 1)[1]
+    trailer = 4 + len(magic)
+    if file_size < head + trailer or not tail.endswith(magic):
+        raise DataFormatError(f"{name}: not {what} file (no {magic.decode()} magic at the end; truncated or wrong format)")
+    length = struct.unpack_from("<i", tail, len(tail) - trailer)[0]
+    need = length + trailer
+    if length <= 0 or need + head > file_size:
+        raise DataFormatError(f"{name}: corrupt {kind} footer length {length} for a {file_size}-byte file")
+    return need
+
+
 def ipc_file_blocks(tail: bytes, file_size: int, name: str) -> tuple[list[IpcBlock], int]:
     """Parse an Arrow IPC *file* footer from the file's last bytes.
 
@@ -229,12 +243,7 @@ def ipc_file_blocks(tail: bytes, file_size: int, name: str) -> tuple[list[IpcBlo
     version(0), schema(1), dictionaries(2), recordBatches(3); Block is
     ``{offset: int64, metaDataLength: int32, <pad 4>, bodyLength: int64}``.
     """
-    if file_size < 18 or not tail.endswith(_IPC_MAGIC):
-        raise DataFormatError(f"{name}: not an Arrow IPC file (no ARROW1 magic at the end; truncated or wrong format)")
-    footer_len = struct.unpack_from("<i", tail, len(tail) - 10)[0]
-    need = footer_len + 10
-    if footer_len <= 0 or need + 8 > file_size:
-        raise DataFormatError(f"{name}: corrupt Arrow IPC footer length {footer_len} for a {file_size}-byte file")
+    need = _footer_need(tail, file_size, name, "an Arrow IPC", _IPC_MAGIC, 8)
     if need > len(tail):
         return [], need
     footer = tail[len(tail) - need:len(tail) - 10]
@@ -259,12 +268,7 @@ def parquet_footer(tail: bytes, file_size: int, name: str) -> tuple[bytes | None
     Returns ``(footer, needed)``; ``footer`` is None when ``tail`` is too short and ``needed``
     says how many trailing bytes to fetch.
     """
-    if file_size < 12 or not tail.endswith(b"PAR1"):
-        raise DataFormatError(f"{name}: not a Parquet file (no PAR1 magic at the end; truncated or wrong format)")
-    meta_len = struct.unpack_from("<i", tail, len(tail) - 8)[0]
-    need = meta_len + 8
-    if meta_len <= 0 or need + 4 > file_size:
-        raise DataFormatError(f"{name}: corrupt Parquet footer length {meta_len} for a {file_size}-byte file")
+    need = _footer_need(tail, file_size, name, "a Parquet", b"PAR1", 4)
     if need > len(tail):
         return None, need
     return tail[len(tail) - need:], need

@@ -110,7 +110,19 @@ class Converter(ABC):
     # ----------------------------------------------------------------- subclass hooks
 
     @abstractmethod
-    def _build_source(self, input_data: Any) -> ConcurrentDataset: ...
+    def _image_encoder(self, from_folder: bool) -> Callable[[Any, str], Any]:
+        """Checks/converts one input image; ``from_folder``: the input is a folder's file bytes."""
+
+    def _label_encoder(self) -> Callable[[Any, str], Any]:
+        return int_label
+
+    def _build_source(self, input_data: Any) -> ConcurrentDataset:
+        if isinstance(input_data, (str, os.PathLike)):
+            if self.dense:
+                raise ConfigError(f"{type(self).__name__} needs a Dataset yielding (image, label_map); a folder has no label maps")
+            return FolderSource(input_data, self._image_encoder(True))
+        check_dataset(input_data)
+        return DatasetSource(input_data, self._image_encoder(False), self._label_encoder())
 
     @abstractmethod
     def _open_writer(self, n: int, n_items: int) -> FileWriter:
@@ -406,17 +418,6 @@ class ConverterFixedSize(Converter):
         resize = from_folder if self.resize is None else self.resize
         return FixedImageEncoder(self.shape, self.im_mode, resize, self.resample, type(self).__name__)
 
-    def _label_encoder(self) -> Callable[[Any, str], Any]:
-        return int_label
-
-    def _build_source(self, input_data: Any) -> ConcurrentDataset:
-        if isinstance(input_data, (str, os.PathLike)):
-            if self.dense:
-                raise ConfigError(f"{type(self).__name__} needs a Dataset yielding (image, label_map); a folder has no label maps")
-            return FolderSource(input_data, self._image_encoder(True))
-        check_dataset(input_data)
-        return DatasetSource(input_data, self._image_encoder(False), self._label_encoder())
-
     def _format_params(self) -> dict[str, Any]:
         return {"shape": list(self.shape), "mode": self.im_mode}
 
@@ -451,19 +452,8 @@ class ConverterFlexibleSize(Converter):
     def collate_fn(self) -> Callable[[list], Any]:
         return collate_lists
 
-    def _image_encoder(self) -> FlexibleImageEncoder:
+    def _image_encoder(self, from_folder: bool) -> FlexibleImageEncoder:
         return FlexibleImageEncoder(self.reencode, self.quality, self.verify_images)
-
-    def _label_encoder(self) -> Callable[[Any, str], Any]:
-        return int_label
-
-    def _build_source(self, input_data: Any) -> ConcurrentDataset:
-        if isinstance(input_data, (str, os.PathLike)):
-            if self.dense:
-                raise ConfigError(f"{type(self).__name__} needs a Dataset yielding (image, label_map); a folder has no label maps")
-            return FolderSource(input_data, self._image_encoder())
-        check_dataset(input_data)
-        return DatasetSource(input_data, self._image_encoder(), self._label_encoder())
 
     def _format_params(self) -> dict[str, Any]:
         return {"reencode": self.reencode, "quality": self.quality}

@@ -10,6 +10,7 @@ import json
 import os
 from typing import Any, Callable, ClassVar
 
+from ..._closing import Closing
 from ..._process_local import ProcessLocal, drop_process_local
 from ...decoding import check_decoder
 from ...errors import ConfigError, DataFormatError
@@ -42,7 +43,7 @@ class _ProcessState:
         self.files.clear()
 
 
-class ConvertedReader(ConcurrentDataset):
+class ConvertedReader(Closing, ConcurrentDataset):
     """Map-style dataset over a converted dataset, on local disk or any :class:`ByteStore`.
 
     ``dataset_path`` is a directory or a URL (``s3://bucket/prefix``; ``storage_options`` go to
@@ -218,12 +219,6 @@ class ConvertedReader(ConcurrentDataset):
         if self._pread is not None:
             self._pread.close()
         self.store.close()
-
-    def __enter__(self) -> "ConvertedReader":
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
     # ----------------------------------------------------------------- byte access
 
