@@ -262,16 +262,40 @@ class _TimedNext:
         return data
 
 
+class _StoppedCheck:
+    """For torch's own iterators: raise instead of ending the epoch quietly when their workers were
+    stopped (close()) before the sampler ran out (see NOTE [ Shutdown ] in lifecycle.py)."""
+
+    _cdl_sampler_exhausted = False
+
+    def _reset(self, loader: Any, first_iter: bool = False) -> None:
+        self._cdl_sampler_exhausted = False
+        super()._reset(loader, first_iter)  # type: ignore[misc]
+
+    def _next_index(self) -> Any:
+        try:
+            return super()._next_index()  # type: ignore[misc]
+        except StopIteration:
+            self._cdl_sampler_exhausted = True
+            raise
+
+    def _next_data(self) -> Any:
+        lifecycle.check_workers_not_stopped(is_shut_down(self), not self._cdl_sampler_exhausted,
+                                            num_yielded(self))
+        return super()._next_data()  # type: ignore[misc]
+
+
 _timed_classes: dict[type, type] = {}
 
 
 def stock_iterator(view: LoaderView, timer: EpochTimer | None) -> Any:
-    """torch's own iterator for ``view`` (its ``_get_iterator``), timed like ours."""
+    """torch's own iterator for ``view`` (its ``_get_iterator``), timed like ours and never ending
+    an epoch quietly after close()."""
     iterator = tud.DataLoader._get_iterator(view)  # type: ignore[arg-type]
     cls = type(iterator)
     timed = _timed_classes.get(cls)
     if timed is None:
-        timed = _timed_classes[cls] = type(f"Timed{cls.__name__}", (_TimedNext, cls), {})
+        timed = _timed_classes[cls] = type(f"Timed{cls.__name__}", (_TimedNext, _StoppedCheck, cls), {})
     iterator.__class__ = timed
     iterator._timer = timer
     return iterator
