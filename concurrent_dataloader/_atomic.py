@@ -9,7 +9,10 @@ user writes, never with ``mkstemp`` (always ``0o600``: unreadable by another use
 
 Writers that use it: TFRecord files, tar shards and their manifest (``tools/make_shards.py``),
 JSON index and classes files, converted-format metadata, the disk cache, the local store (and so
-``tools/upload`` to a local target), and the benchmark data preparation.
+``tools/upload`` to a local target), batchup's shared constants, and the benchmark data
+preparation. Converted-format data files are written by libraries (h5py, pyarrow, numpy) that
+open a path themselves: their ``FileWriter`` hands them a :func:`temp_name` and renames it into
+place on commit, the same protocol in two steps.
 ``tests/storage/test_file_modes.py`` runs every writer and tool and checks the modes.
 """
 
@@ -22,15 +25,21 @@ import uuid
 from pathlib import Path
 from typing import IO, Any, Iterator
 
-__all__ = ["TEMP_MARKER", "AtomicFile", "atomic_open", "atomic_write_bytes", "temp_name"]
+__all__ = ["TEMP_MARKER", "AtomicFile", "atomic_open", "atomic_write_bytes", "temp_name", "is_temp_name"]
 
 # Part of every temporary name, so cleanup code and tests can recognise leftovers.
 TEMP_MARKER = ".tmp-"
 
 
 def temp_name(target: str | os.PathLike) -> Path:
+    """A hidden sibling of ``target`` unique to this call: ``.images_3.npy.tmp-<pid>-<thread>-<random>``."""
     target = Path(target)
     return target.with_name(f".{target.name}{TEMP_MARKER}{os.getpid()}-{threading.get_ident()}-{uuid.uuid4().hex[:8]}")
+
+
+def is_temp_name(name: str) -> bool:
+    """A name :func:`temp_name` made (a write in progress, or one an interrupted run left)."""
+    return name.startswith(".") and TEMP_MARKER in name
 
 
 class AtomicFile:

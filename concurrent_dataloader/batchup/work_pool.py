@@ -35,6 +35,7 @@ from typing import Any, Callable, Iterable, Iterator
 
 import numpy as np
 
+from .._atomic import atomic_open
 from .._closing import Closing
 from . import data_source
 
@@ -238,10 +239,8 @@ class WorkerProcessPool(AbstractWorkerPool):
             raise RuntimeError("WorkerProcessPool is closed")
         key = uuid.uuid4().hex
         path = os.path.join(self._tmpdir, f"{key}.pkl")
-        tmp = f"{path}.tmp"
-        with open(tmp, "wb") as f:
+        with atomic_open(path, "wb") as f:
             pickle.dump(x, f, protocol=pickle.HIGHEST_PROTOCOL)
-        os.replace(tmp, path)
         return _SharedConstant(key, path)
 
 

@@ -7,20 +7,19 @@
   hand pyarrow a "file" without doing I/O itself.
 * :func:`ipc_file_blocks` parses the footer of an Arrow IPC file to find each record batch's
   byte range, which pyarrow does not expose, so one sample is one ranged GET.
-* :func:`atomic_write_bytes` / :func:`temp_path_for`: every output file is written under a
-  temporary name and renamed into place, so a crash never leaves a file that looks complete.
+* :func:`atomic_write_bytes` / :func:`is_temp_name` (from ``_atomic``): every output file is
+  written under a temporary name and renamed into place, so a crash never leaves a file that
+  looks complete.
 """
 
 from __future__ import annotations
 
 import io
-import os
 import struct
 import threading
-from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
-from ..._atomic import TEMP_MARKER, atomic_write_bytes
+from ..._atomic import atomic_write_bytes, is_temp_name
 from ...errors import DataFormatError
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -33,20 +32,10 @@ __all__ = [
     "ipc_file_blocks",
     "parquet_footer",
     "atomic_write_bytes",
-    "temp_path_for",
     "is_temp_name",
     "KeyedLocks",
 ]
 
-
-
-def temp_path_for(final: Path) -> Path:
-    """A hidden sibling of ``final`` unique to this process: ``.images_3.npy.tmp-<pid>``."""
-    return final.with_name(f".{final.name}{TEMP_MARKER}{os.getpid()}")
-
-
-def is_temp_name(name: str) -> bool:
-    return name.startswith(".") and TEMP_MARKER in name
 
 
 class _SeekableReader(io.RawIOBase):

@@ -17,10 +17,10 @@ from typing import Any, Callable, ClassVar, Iterable
 
 import numpy as np
 
+from ..._atomic import TEMP_MARKER, atomic_write_bytes, is_temp_name
 from ...errors import ConfigError, DataFormatError
 from ...loader.protocol import ConcurrentDataset
 from ._dist import DistContext, resolve_dist, split_files
-from ._io import atomic_write_bytes, is_temp_name
 from .encoders import LOSSY_FORMATS, FixedImageEncoder, FlexibleImageEncoder, int_label
 from .layout import FORMAT_VERSION, METADATA_KEY, PLAN_KEY, Layout, array_shape, mode_channels, normalize_shape
 from .sources import DatasetSource, FolderSource, check_dataset, collate_arrays, collate_lists
@@ -240,7 +240,7 @@ class Converter(ABC):
             if not directory.is_dir():
                 continue
             for entry in os.scandir(directory):
-                if is_temp_name(entry.name) and entry.name[1:].split(".tmp-")[0] in names:
+                if is_temp_name(entry.name) and entry.name[1:].split(TEMP_MARKER)[0] in names:
                     try:
                         os.unlink(entry.path)
                     except FileNotFoundError:

@@ -7,7 +7,7 @@ from abc import ABC, abstractmethod
 from pathlib import Path
 from typing import Any
 
-from ._io import temp_path_for
+from ..._atomic import temp_name
 
 __all__ = ["FileWriter"]
 
@@ -20,7 +20,7 @@ class FileWriter(ABC):
 
     def __init__(self, finals: dict[str, Path], n_items: int) -> None:
         self.finals = finals
-        self.temps = {role: temp_path_for(p) for role, p in finals.items()}
+        self.temps = {role: temp_name(p) for role, p in finals.items()}
         self.n_items = n_items
         self.remaining = n_items
 
