@@ -20,6 +20,7 @@ called and yields them in order. Differences from batchup, all on purpose:
 from __future__ import annotations
 
 import collections
+import contextlib
 import concurrent.futures as cf
 import multiprocessing
 import os
@@ -383,10 +384,8 @@ class BatchStreamIterator(Closing):
         self._stream.close()
 
     def __del__(self) -> None:
-        try:
+        with contextlib.suppress(Exception):
             self._stream.close()
-        except Exception:
-            pass
 
 
 class ParallelDataSource(data_source.AbstractDataSource):

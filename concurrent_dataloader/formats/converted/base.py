@@ -9,7 +9,7 @@ The converted formats' machinery is now one module per concept:
   :mod:`.writers` (one file group), :mod:`.converters` (plan, resume, distributed, write loop)
 
 A format is one module that subclasses :class:`ConverterFixedSize` or
-:class:`ConverterFlexibleSize` (implementing ``_open_writer``) and :class:`ConvertedReader`
+:class:`ConverterFlexibleSize` (declaring its ``writer``) and :class:`ConvertedReader`
 (implementing ``_fetch`` and ``_decode``), then calls :func:`register_format`.
 """
 

@@ -1,7 +1,7 @@
 """Offline conversion: the converter base classes (plan, resume, distributed, write loop).
 
 A format subclasses :class:`ConverterFixedSize` or :class:`ConverterFlexibleSize` and
-implements ``_open_writer`` returning a :class:`~.writers.FileWriter`.
+declares its ``writer`` (a :class:`~.writers.FileWriter`) and the ``_writer_args`` it needs.
 """
 
 from __future__ import annotations
@@ -53,7 +53,7 @@ class ConversionResult:
 
 class Converter(ABC):
     """Common part of all converters. Subclass :class:`ConverterFixedSize` or
-    :class:`ConverterFlexibleSize`, and implement :meth:`_open_writer`.
+    :class:`ConverterFlexibleSize`, and declare ``writer`` (and ``_writer_args``).
 
     Parameters (as in the seed): ``input_data`` (an ImageFolder-style directory or any map-style
     torch ``Dataset`` yielding ``(image, label)``), ``output_path`` (a local directory),
@@ -124,9 +124,15 @@ class Converter(ABC):
         check_dataset(input_data)
         return DatasetSource(input_data, self._image_encoder(False), self._label_encoder())
 
-    @abstractmethod
+    # The format's writer: file group n is written by writer(output_files(n), n_items, *_writer_args()).
+    writer: ClassVar[type[FileWriter]]
+
+    def _writer_args(self) -> tuple[Any, ...]:
+        return ()
+
     def _open_writer(self, n: int, n_items: int) -> FileWriter:
         """A writer for file group ``n`` holding ``n_items`` samples."""
+        return self.writer(self.output_files(n), n_items, *self._writer_args())
 
     @property
     @abstractmethod
@@ -413,6 +419,9 @@ class ConverterFixedSize(Converter):
     @property
     def collate_fn(self) -> Callable[[list], Any]:
         return collate_arrays
+
+    def _writer_args(self) -> tuple[Any, ...]:
+        return (self.sample_shape,)
 
     def _image_encoder(self, from_folder: bool) -> FixedImageEncoder:
         resize = from_folder if self.resize is None else self.resize

@@ -16,7 +16,6 @@ from .converters import ConverterFixedSize
 from .encoders import DenseLabelEncoder
 from .layout import IMAGE_MODES, LABEL_MODES, array_shape, mode_channels
 from .registry import register_format
-from .writers import FileWriter
 from .memmap import MemmapReader
 
 __all__ = ["DenseMemmapConverter", "DenseMemmapReader"]
@@ -50,8 +49,10 @@ class DenseMemmapConverter(ConverterFixedSize):
         return {**super()._metadata_extra(), "label_mode": self.label_mode,
                 "label_shape": list(array_shape(self.shape, self.label_mode, LABEL_MODES))}
 
-    def _open_writer(self, n: int, n_items: int) -> FileWriter:
-        return RawArrayWriter(self.output_files(n), n_items, self.sample_shape, self.label_shape, "|u1")
+    writer = RawArrayWriter
+
+    def _writer_args(self) -> tuple:
+        return (self.sample_shape, self.label_shape, "|u1")
 
 
 class DenseMemmapReader(MemmapReader):

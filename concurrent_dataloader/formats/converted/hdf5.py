@@ -11,7 +11,6 @@ Chunked or compressed files written by other tools still work, through h5py.
 
 from __future__ import annotations
 
-import math
 import threading
 from dataclasses import dataclass
 from typing import Any
@@ -21,7 +20,6 @@ import numpy as np
 from ...errors import DataFormatError
 from ._io import RangedFile
 from .converters import ConverterFixedSize
-from .layout import array_shape
 from .reader import ConvertedReader
 from .registry import register_format
 from .writers import FileWriter
@@ -66,8 +64,7 @@ class HDF5Converter(ConverterFixedSize):
     image_ext = "h5"
     label_ext = "h5"
 
-    def _open_writer(self, n: int, n_items: int) -> FileWriter:
-        return _H5Writer(self.output_files(n), n_items, self.sample_shape)
+    writer = _H5Writer
 
 
 @dataclass
@@ -83,10 +80,6 @@ class HDF5Reader(ConvertedReader):
     format_name = "hdf5"
     image_ext = "h5"
     label_ext = "h5"
-
-    def _setup(self) -> None:
-        self.sample_shape = array_shape(self.shape, self.mode)
-        self.sample_bytes = math.prod(self.sample_shape)
 
     def _open_h5(self, key: str) -> tuple[Any, int]:
         import h5py

@@ -86,8 +86,10 @@ class IpcConverter(ConverterFlexibleSize):
     label_ext = "arrow"
     label_type = "int"
 
-    def _open_writer(self, n: int, n_items: int) -> FileWriter:
-        return _IpcWriter(self.output_files(n), n_items, self.label_type)
+    writer = _IpcWriter
+
+    def _writer_args(self) -> tuple:
+        return (self.label_type,)
 
 
 @dataclass

@@ -7,16 +7,13 @@ no header (the seed's ``np.memmap`` files); readers also accept real NPY files.
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import numpy as np
 
 from .converters import ConverterFixedSize
-from .layout import array_shape
 from .reader import ConvertedReader
 from .registry import register_format
-from .writers import FileWriter
 from ._arrays import RawArrayWriter, array_offset, parse_small_array
 
 __all__ = ["MemmapConverter", "MemmapReader"]
@@ -29,8 +26,7 @@ class MemmapConverter(ConverterFixedSize):
     image_ext = "npy"
     label_ext = "npy"
 
-    def _open_writer(self, n: int, n_items: int) -> FileWriter:
-        return RawArrayWriter(self.output_files(n), n_items, self.sample_shape)
+    writer = RawArrayWriter
 
 
 class MemmapReader(ConvertedReader):
@@ -40,10 +36,6 @@ class MemmapReader(ConvertedReader):
     format_name = "memmap"
     image_ext = "npy"
     label_ext = "npy"
-
-    def _setup(self) -> None:
-        self.sample_shape = array_shape(self.shape, self.mode)
-        self.sample_bytes = math.prod(self.sample_shape)
 
     def _load_file_info(self, n: int) -> int:
         return array_offset(self, self.image_key(n), self.file_len(n), self.sample_shape)

@@ -97,8 +97,10 @@ class ParquetConverter(ConverterFlexibleSize):
     def _format_params(self) -> dict[str, Any]:
         return {**super()._format_params(), "row_group_size": self.row_group_size, "compression": self.compression}
 
-    def _open_writer(self, n: int, n_items: int) -> FileWriter:
-        return _ParquetWriter(self.output_files(n), n_items, self.row_group_size, self.compression)
+    writer = _ParquetWriter
+
+    def _writer_args(self) -> tuple:
+        return (self.row_group_size, self.compression)
 
 
 @dataclass

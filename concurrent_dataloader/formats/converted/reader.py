@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 import os
 from typing import Any, Callable, ClassVar
 
@@ -101,6 +102,9 @@ class ConvertedReader(Closing, ConcurrentDataset):
         self.layout = Layout(self.len, self.images_per_file)
         self.mode = meta.get("mode")
         self.shape = tuple(meta["shape"]) if meta.get("shape") is not None else None
+        if self.fixed_size:  # one stored sample: uint8 pixels of this shape
+            self.sample_shape = array_shape(self.shape, self.mode)
+            self.sample_bytes = math.prod(self.sample_shape)
         self.class_to_idx = self._load_classes()
         self._setup()
         if check_files:

@@ -78,8 +78,7 @@ class TarConverter(ConverterFlexibleSize):
         files["index"] = self.output_path / index_key(n)
         return files
 
-    def _open_writer(self, n: int, n_items: int) -> FileWriter:
-        return _TarWriter(self.output_files(n), n_items)
+    writer = _TarWriter
 
 
 @dataclass
