@@ -6,6 +6,11 @@
 
 An engine owns threads (and, for asyncio, an event loop), so it is created inside the process
 that uses it and never pickled (NOTE [ Fork safety ] in ``concurrent_dataloader/__init__.py``).
+
+Types: ``dataset`` is any map-style dataset; where a step needs the fetch/decode split its
+argument is a :class:`~concurrent_dataloader.loader.protocol.SupportsFetchDecode` (checked at run
+time by ``is_fetch_decode``, which also refuses a subclass that overrides ``__getitem__``). An
+index is whatever the sampler yields (usually an ``int``), hence ``Any``.
 """
 
 from __future__ import annotations
@@ -25,7 +30,7 @@ from .. import telemetry
 from ..errors import annotate_sample_error
 from .adaptive import AIMDController, AsyncLimiter, Limiter, SharedBudget
 from .config import FetchConfig
-from .protocol import ConcurrentDataset, describe_index, is_fetch_decode
+from .protocol import ConcurrentDataset, SupportsFetchDecode, describe_index, is_fetch_decode
 from .wrappers import batched_getitems, resolve as _resolve
 
 __all__ = ["BatchHandle", "SampleFetcher", "ThreadedFetcher", "AsyncioFetcher", "make_fetcher", "new_event_loop"]
@@ -176,6 +181,91 @@ class _DeferredBatch(BatchHandle):
         super().cancel()
 
 
+class _DrainedBatch(BatchHandle):
+    """A batch loaded by at most ``k`` pool tasks, each taking the next position until none is left.
+
+    NOTE (per-sample cost): one pool task per *slot*, not per sample. A sample then costs no
+    future, no queue hand-off and no thread wake-up of its own, so a large batch of cheap samples
+    is not dominated by hand-offs, while up to ``k`` samples are still in flight. Positions are
+    taken in order (one shared iterator; ``next`` on it is atomic under the GIL), as the per-sample
+    FIFO did. After an error no new sample starts; the first error by position is raised.
+    ``work(handle, pos, index)`` loads one sample and calls ``_settle`` for it, now or later
+    (then it calls ``_hold`` first and ``_release`` after settling).
+    """
+
+    __slots__ = ("_rest", "_results", "_errors", "_positions", "_lock", "_outstanding", "_settled", "_stop",
+                 "_tasks", "_stopping")
+
+    def __init__(self, indices: Sequence[Any], head: list[cf.Future], rest: Sequence[Any], k: int,
+                 pool: cf.ThreadPoolExecutor, work: Callable[["_DrainedBatch", int, Any], None],
+                 stopping: threading.Event) -> None:
+        super().__init__(indices, batch_future=cf.Future(), head=head)
+        self._stopping = stopping  # the fetcher is closing: start no new sample
+        self._rest = rest
+        self._results: list[Any] = [None] * len(rest)
+        self._errors: dict[int, BaseException] = {}
+        self._positions = iter(range(len(rest)))
+        self._lock = threading.Lock()
+        self._outstanding = k
+        self._settled = 0
+        self._stop = False
+        self._tasks: list[cf.Future] = []
+        for _ in range(k):
+            try:
+                task = pool.submit(self._drain, work)
+            except RuntimeError:  # the pool is shut down: the fetcher was closed
+                self._release()
+                continue
+            # a task cancelled before it ran (the fetcher closed) still counts as finished
+            task.add_done_callback(lambda t: self._release() if t.cancelled() else None)
+            self._tasks.append(task)
+
+    def _drain(self, work: Callable[["_DrainedBatch", int, Any], None]) -> None:
+        try:
+            for pos in self._positions:
+                if self._stop or self._stopping.is_set():
+                    break
+                work(self, pos, self._rest[pos])
+        finally:
+            self._release()
+
+    def _settle(self, pos: int, value: Any = None, exc: BaseException | None = None) -> None:
+        if exc is not None:
+            self._errors[pos] = exc
+            self._stop = True
+        else:
+            self._results[pos] = value
+        with self._lock:
+            self._settled += 1
+
+    def _hold(self) -> None:
+        with self._lock:
+            self._outstanding += 1
+
+    def _release(self) -> None:
+        with self._lock:
+            self._outstanding -= 1
+            last = self._outstanding == 0
+        if not last:
+            return
+        done = self._batch_future
+        assert done is not None
+        if not done.set_running_or_notify_cancel():
+            return  # cancelled: nobody wants the samples
+        if self._errors:
+            done.set_exception(self._errors[min(self._errors)])
+        elif self._settled < len(self._rest):
+            done.set_exception(cf.CancelledError("fetcher closed before the batch was loaded"))
+        else:
+            done.set_result(self._results)
+
+    def cancel(self) -> None:
+        self._stop = True
+        for task in self._tasks:
+            task.cancel()
+        super().cancel()
+
+
 class SampleFetcher:
     """Common part of both engines: how one sample is loaded, and error context."""
 
@@ -190,6 +280,9 @@ class SampleFetcher:
             self.controller = AIMDController(config.concurrency, budget=budget, slot=slot,
                                              throttle_count=(lambda: row.value("throttled")) if row else None)
         self._closed = False
+        # Set first thing by close() or the finalizer (NOTE [ Shutdown ] in lifecycle.py): batches
+        # being drained start no new sample (see _DrainedBatch), so closing never waits for a batch.
+        self._stopping = threading.Event()
         self._fd_cache: dict[int, tuple[Any, bool]] = {}
 
     @property
@@ -233,6 +326,8 @@ class SampleFetcher:
     # probed in the calling thread, without a hand-off inflating its cost.
     INLINE_ENTER, INLINE_EXIT, INLINE_MIN_SAMPLES, PROBE_SAMPLES = 0.2, 0.4, 32, 2
     TRIVIAL_ENTER, TRIVIAL_EXIT = 50e-6, 150e-6
+    # A fetch thread decodes a sample itself when decoding costs less than handing it over.
+    DECODE_HERE_BELOW = 50e-6
 
     _fetch_ewma: float | None = None
     _decode_ewma: float | None = None
@@ -333,7 +428,7 @@ class SampleFetcher:
         """
         return _DeferredBatch(indices, self._load_sync, head, self.stats)
 
-    def _decode(self, ds: Any, i: Any, raw: Any) -> Any:
+    def _decode(self, ds: SupportsFetchDecode, i: Any, raw: Any) -> Any:
         began = time.perf_counter()
         sample = ds.decode(i, raw)
         self._note(decode_s=time.perf_counter() - began)
@@ -352,7 +447,7 @@ class SampleFetcher:
         if self.stats is not None:
             self.stats.add("samples" if ok else "fetch_errors")
 
-    def _fetch_step(self, ds: Any, i: Any, index: Any) -> Any:
+    def _fetch_step(self, ds: SupportsFetchDecode, i: Any, index: Any) -> Any:
         try:
             if self.controller is None:  # the per-sample hot path of cheap samples: no context managers
                 began = time.perf_counter()
@@ -366,7 +461,7 @@ class SampleFetcher:
         self._record(began, raw)
         return raw
 
-    def _decode_step(self, ds: Any, i: Any, index: Any, raw: Any) -> Any:
+    def _decode_step(self, ds: SupportsFetchDecode, i: Any, index: Any, raw: Any) -> Any:
         try:
             sample = self._decode(ds, i, raw)
         except Exception as exc:
@@ -375,10 +470,59 @@ class SampleFetcher:
         self._record_sample(True)
         return sample
 
+    def _work_sync(self, batch: _DrainedBatch, pos: int, index: Any) -> None:
+        try:
+            batch._settle(pos, self._load_sync(index))
+        except Exception as exc:
+            batch._settle(pos, exc=exc)
+
+    def _work(self, batch: _DrainedBatch, pos: int, index: Any) -> None:
+        """In a fetch thread: fetch one sample, and hand its decode to the decode pool (``_cpu_pool``)."""
+        ds, i = _resolve(self.dataset, index)
+        if not self._uses_fetch_decode(ds):
+            return self._work_sync(batch, pos, index)
+        try:
+            raw = self._fetch_step(ds, i, index)
+        except Exception as exc:
+            return batch._settle(pos, exc=exc)
+        d = self._decode_ewma
+        if d is not None and d < self.DECODE_HERE_BELOW:
+            # A decode cheaper than handing it over: do it here (no CPU worth gating either).
+            try:
+                return batch._settle(pos, self._decode_step(ds, i, index, raw))
+            except Exception as exc:
+                return batch._settle(pos, exc=exc)
+        batch._hold()
+        try:
+            self._cpu_pool.submit(self._decode_settle, batch, pos, ds, i, index, raw).add_done_callback(
+                lambda d: (batch._settle(pos, exc=cf.CancelledError("fetcher closed")), batch._release())
+                if d.cancelled() else None)
+        except RuntimeError as exc:  # the pool is shut down: the fetcher was closed
+            batch._settle(pos, exc=cf.CancelledError(f"fetcher closed: {exc}"))
+            batch._release()
+
+    def _decode_settle(self, batch: _DrainedBatch, pos: int, ds: SupportsFetchDecode, i: Any, index: Any,
+                       raw: Any) -> None:
+        try:
+            batch._settle(pos, self._decode_step(ds, i, index, raw))
+        except Exception as exc:
+            batch._settle(pos, exc=exc)
+        finally:
+            batch._release()
+
+    def _drained(self, indices: Sequence[Any], head: list[cf.Future], pool: cf.ThreadPoolExecutor,
+                 work: Callable[[_DrainedBatch, int, Any], None]) -> BatchHandle:
+        rest = indices[len(head):]
+        return _DrainedBatch(indices, head, rest, min(len(rest), self.config.concurrency), pool, work,
+                             self._stopping)
+
     def _load_sync(self, index: Any) -> Any:
         ds, i = _resolve(self.dataset, index)
         if self._uses_fetch_decode(ds):
             raw = self._fetch_step(ds, i, index)
+            d = self._decode_ewma
+            if d is not None and d < self.DECODE_HERE_BELOW:  # no CPU worth gating
+                return self._decode_step(ds, i, index, raw)
             with self._decode_gate:
                 return self._decode_step(ds, i, index, raw)
         if self.controller is not None:
@@ -427,7 +571,8 @@ def _release_dataset(dataset: Any) -> None:
         close()
 
 
-def _shutdown_pools(pools: list[cf.ThreadPoolExecutor], dataset: Any) -> None:
+def _shutdown_pools(pools: list[cf.ThreadPoolExecutor], dataset: Any, stopping: threading.Event) -> None:
+    stopping.set()
     for pool in pools:
         pool.shutdown(wait=False, cancel_futures=True)
     _release_dataset(dataset)
@@ -453,7 +598,8 @@ class ThreadedFetcher(SampleFetcher):
             self._gate = Limiter(self.current_limit)
         # See NOTE [ Shutdown ] in lifecycle.py (fetcher close): the finalizer stops the pools
         # even if close() is never called; it must not reference self.
-        self._finalizer = weakref.finalize(self, _shutdown_pools, [self._pool, self._cpu_pool], dataset)
+        self._finalizer = weakref.finalize(self, _shutdown_pools, [self._pool, self._cpu_pool], dataset,
+                                          self._stopping)
 
     def submit(self, indices: Sequence[Any]) -> BatchHandle:
         if self._closed:
@@ -465,7 +611,9 @@ class ThreadedFetcher(SampleFetcher):
         rest = indices[len(head):]
         if self._should_inline():
             return self._inline_batch(indices, head)
-        return BatchHandle(indices, [self._submit_one(i) for i in rest], head=head)
+        if not rest:
+            return BatchHandle(indices, [], head=head)
+        return self._drained(indices, head, self._pool, self._work)
 
     def _submit_one(self, index: Any) -> cf.Future:
         ds, i = _resolve(self.dataset, index)
@@ -477,7 +625,8 @@ class ThreadedFetcher(SampleFetcher):
         fetched.add_done_callback(lambda f: self._after_fetch(f, out, ds, i, index))
         return out
 
-    def _after_fetch(self, fetched: cf.Future, out: cf.Future, ds: Any, i: Any, index: Any) -> None:
+    def _after_fetch(self, fetched: cf.Future, out: cf.Future, ds: SupportsFetchDecode, i: Any,
+                     index: Any) -> None:
         # NOTE: the one place that moves ``out`` on from PENDING, exactly once; runs in the fetch
         # thread (or wherever ``fetched`` was cancelled).
         if fetched.cancelled():
@@ -496,7 +645,7 @@ class ThreadedFetcher(SampleFetcher):
         decoded.add_done_callback(lambda d: out.set_exception(cf.CancelledError("fetcher closed"))
                                   if d.cancelled() else None)
 
-    def _decode_into(self, out: cf.Future, ds: Any, i: Any, index: Any, raw: Any) -> None:
+    def _decode_into(self, out: cf.Future, ds: SupportsFetchDecode, i: Any, index: Any, raw: Any) -> None:
         try:
             out.set_result(self._decode_step(ds, i, index, raw))
         except Exception as exc:
@@ -528,7 +677,9 @@ def _run_loop(loop: asyncio.AbstractEventLoop) -> None:
         loop.close()
 
 
-def _stop_loop(loop: asyncio.AbstractEventLoop, thread: threading.Thread, pools: list, dataset: Any) -> None:
+def _stop_loop(loop: asyncio.AbstractEventLoop, thread: threading.Thread, pools: list, dataset: Any,
+               stopping: threading.Event) -> None:
+    stopping.set()
     # See NOTE [ Shutdown ] in lifecycle.py (fetcher close). This may run on any thread, including
     # the loop's own thread when the last reference to the fetcher dies inside a callback; then
     # it must not block or join.
@@ -569,7 +720,8 @@ class AsyncioFetcher(SampleFetcher):
         self._limiter = AsyncLimiter(self.current_limit)  # only touched on the loop thread
         self._thread = threading.Thread(target=_run_loop, args=(self._loop,), name="cdl-event-loop", daemon=True)
         self._thread.start()
-        self._finalizer = weakref.finalize(self, _stop_loop, self._loop, self._thread, [self._io_pool, self._cpu_pool], dataset)
+        self._finalizer = weakref.finalize(self, _stop_loop, self._loop, self._thread,
+                                          [self._io_pool, self._cpu_pool], dataset, self._stopping)
 
     async def _load(self, index: Any) -> Any:
         telemetry.bind_thread(self.stats)  # this task's context only (NOTE [ Stats sink ])
@@ -620,6 +772,12 @@ class AsyncioFetcher(SampleFetcher):
             return self._inline_batch(indices, head)  # the sync fetch path, in the calling thread
         if not rest:
             return BatchHandle(indices, [], head=head)
+        ds = _resolve(self.dataset, rest[0])[0]
+        if self.controller is None and (not self._uses_fetch_decode(ds) or self._sync_fetch_is_the_same(ds)):
+            # A plain __getitem__, or the default fetch_raw_async (fetch_raw in an executor), is
+            # blocking: it runs in the I/O threads either way. Without the loop in between, a
+            # sample costs no task and no hand-off (see _DrainedBatch); decode stays in _cpu_pool.
+            return self._drained(indices, head, self._io_pool, self._work)
         return BatchHandle(indices, batch_future=asyncio.run_coroutine_threadsafe(self._load_batch(rest), self._loop),
                            head=head)
 

@@ -36,9 +36,11 @@ NOTE [ Shutdown ]
       epoch quietly (:func:`check_workers_not_stopped`).
     * **Fetcher close.** Pools are shut down without waiting (queued fetches cancelled), the
       event loop's tasks are cancelled and the loop stopped on its own thread, then the dataset
-      releases its clients (``close_fetch_resources``). The same finalizer runs if ``close()``
-      is never called; it must not reference the fetcher.
-    * **Parent death.** A worker whose parent is gone stops (torch's watchdog between batches).
+      releases its clients (``close_fetch_resources``); a batch being drained starts no new
+      sample and fails with ``CancelledError``. The same finalizer runs if ``close()`` is never
+      called; it must not reference the fetcher.
+    * **Parent death.** A worker whose parent is gone stops: torch's watchdog between batches,
+      and ours (``orphan.py``) within a fraction of a second, even in the middle of a batch.
 """
 
 from __future__ import annotations

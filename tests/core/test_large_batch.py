@@ -226,3 +226,82 @@ def test_large_batches_equal_torchs(fetch_impl, context):
     with ours:
         got = [b.reshape(-1).tolist() for b in ours]
     assert got == [b.reshape(-1).tolist() for b in torch.utils.data.DataLoader(ds, batch_size=n)]
+
+
+# --------------------------------------------------------------------------- the concurrent path
+class _Gate(Trivial):
+    """Samples wait for a gate (so a batch is surely in flight), then cost nothing."""
+
+    def __init__(self, n: int, bad: int | None = None) -> None:
+        super().__init__(n)
+        import threading
+
+        self.gate = threading.Event()
+        self.bad = bad
+        self.loaded: list[int] = []
+
+    def __getitem__(self, i: int) -> torch.Tensor:
+        if not self.gate.wait(10):
+            raise TimeoutError("gate")
+        if i == self.bad:
+            raise FileNotFoundError(f"sample-{i}")
+        self.loaded.append(i)
+        return torch.tensor([i])
+
+
+def _concurrent(fetcher):
+    fetcher._probed = True  # skip the probe: these samples must take the concurrent path
+    return fetcher
+
+
+@pytest.mark.parametrize("fetch_impl", IMPLS)
+def test_concurrent_batch_uses_one_task_per_slot_not_per_sample(fetch_impl, monkeypatch):
+    n, k = 3000, 8
+    ds = _Gate(n)
+    ds.gate.set()
+    with _concurrent(fetchers.make_fetcher(ds, FetchConfig(k, fetch_impl))) as f:
+        submits = _count_submits(f, monkeypatch)
+        handle = f.submit(list(range(n)))
+        assert [int(x) for x in handle.result()] == list(range(n))
+        assert submits[0] <= k  # k tasks drained the batch: no future, no hand-off per sample
+
+
+@pytest.mark.parametrize("fetch_impl", IMPLS)
+def test_concurrent_batch_error_is_first_by_position_and_stops_new_samples(fetch_impl):
+    ds = _Gate(400, bad=50)
+    with _concurrent(fetchers.make_fetcher(ds, FetchConfig(4, fetch_impl))) as f:
+        handle = f.submit(list(range(400)))
+        ds.gate.set()
+        with pytest.raises(FileNotFoundError) as info:
+            handle.result()
+        assert any("dataset index 50" in note for note in info.value.__notes__)
+        assert len(ds.loaded) < 400 - 4  # no new sample started after the error (a few were in flight)
+        assert [int(x) for x in f.submit(list(range(8))).result()] == list(range(8))  # the fetcher goes on
+
+
+@pytest.mark.parametrize("fetch_impl", IMPLS)
+def test_closing_mid_batch_fails_the_batch_instead_of_returning_part_of_it(fetch_impl):
+    ds = _Gate(400)
+    f = _concurrent(fetchers.make_fetcher(ds, FetchConfig(2, fetch_impl)))
+    first = f.submit(list(range(200)))
+    second = f.submit(list(range(200, 400)))  # queued behind the first: its tasks never start
+    time.sleep(0.05)  # the first batch's two samples are waiting at the gate
+    f.close()
+    ds.gate.set()
+    for handle in (first, second):
+        assert handle.wait(10)
+        with pytest.raises(cf.CancelledError):
+            handle.result()
+    assert len(ds.loaded) <= 2  # closing stopped the batch: no new sample started
+
+
+@pytest.mark.parametrize("fetch_impl", IMPLS)
+def test_cancelled_concurrent_batch_stops_loading(fetch_impl):
+    ds = _Gate(400)
+    with _concurrent(fetchers.make_fetcher(ds, FetchConfig(2, fetch_impl))) as f:
+        handle = f.submit(list(range(400)))
+        handle.cancel()
+        ds.gate.set()
+        assert handle.wait(10)
+        time.sleep(0.05)
+        assert len(ds.loaded) <= 2  # only the samples already waiting at the gate
