@@ -4,33 +4,36 @@ One GET per object and never a HEAD on the read path; a byte range becomes an HT
 header. Transient failures are retried by :class:`~.retry.RetryPolicy` (botocore's own
 retries are switched off so the counts are real).
 
-See NOTE [ Fork safety ] (``concurrent_dataloader/__init__.py``): clients are created lazily in
-the process that uses them, keyed on ``os.getpid()``, and are dropped when the store is pickled.
-A forked worker therefore never touches its parent's sockets, and a spawned worker builds its
-own clients on first use. Async clients are also keyed on the running event loop, because an
-aiohttp session is bound to the loop it was created on; :meth:`S3Store.aclose` closes the one of
-the running loop.
+See NOTE [ Fork safety ] (``concurrent_dataloader/__init__.py``): clients, counters and the lock
+guarding their creation are per-process state (NOTE [ Per-process state ] in
+``_process_local.py``), so a forked worker never touches its parent's sockets, and a spawned
+worker builds its own clients on first use. Async clients are also keyed on the running event
+loop, because an aiohttp session is bound to the loop it was created on; :meth:`S3Store.aclose`
+closes the one of the running loop. Error answers become the exceptions of :mod:`.s3_errors`
+(one translator for both S3 clients).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import os
-import re
 import threading
 import warnings
-from typing import Any, Iterator
+from typing import Any, Iterator, NoReturn
 
+from .._process_local import ProcessLocal, drop_process_local
 from .aws_config import CredentialSource
 from .base import ByteRange, ByteStore, register_store
-from .url import parse_store_url
 from .retry import RetryCounters, RetryPolicy
+from .s3_errors import (BucketNotFoundError, ChecksumMismatchError, ObjectNotFoundError, S3AccessDeniedError,
+                        S3Error, S3HTTPError, botocore_error_fields, check_etag, mask_access_key, translate_s3_error)
+from .url import parse_store_url
 
 __all__ = [
     "S3Store",
     "S3Error",
+    "S3HTTPError",
     "ObjectNotFoundError",
     "BucketNotFoundError",
     "S3AccessDeniedError",
@@ -43,78 +46,6 @@ __all__ = [
 ]
 
 DEFAULT_MAX_POOL_CONNECTIONS = 64
-
-# Error codes that mean "these credentials cannot do this".
-_AUTH_CODES = frozenset({
-    "AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "InvalidToken", "ExpiredToken",
-    "InvalidClientTokenId", "AuthorizationHeaderMalformed", "AllAccessDisabled", "403", "Forbidden",
-})
-
-
-class S3Error(OSError):
-    """Base for the S3 errors we translate; ``url`` is ``s3://bucket/key`` (never credentials).
-
-    ``status`` (HTTP) and ``code`` (S3's error code, e.g. ``ExpiredToken``) say what the server
-    answered, when it answered; ``response`` gives them in botocore's shape, so the retry policy
-    (:func:`~.retry.classify_error`) treats a translated error like a botocore ``ClientError``.
-    """
-
-    def __init__(self, message: str, url: str | None = None, *, status: int = 0, code: str = "") -> None:
-        super().__init__(message)
-        self.url = url
-        self.status = status
-        self.code = code
-
-    @property
-    def response(self) -> dict[str, Any] | None:
-        if not self.status and not self.code:
-            return None
-        return {"Error": {"Code": self.code}, "ResponseMetadata": {"HTTPStatusCode": self.status or None}}
-
-    def __str__(self) -> str:
-        return str(self.args[0]) if self.args else ""
-
-    def __reduce__(self):  # keep url, status and code across pickling (worker -> main process)
-        return (_rebuild_s3_error, (type(self), str(self), self.url, self.status, self.code), self.__dict__)
-
-
-def _rebuild_s3_error(cls: type, message: str, url: str | None, status: int, code: str) -> "S3Error":
-    exc = cls.__new__(cls)
-    S3Error.__init__(exc, message, url, status=status, code=code)
-    return exc
-
-
-class ObjectNotFoundError(S3Error, FileNotFoundError):
-    """The object does not exist (``NoSuchKey``)."""
-
-
-class BucketNotFoundError(S3Error, FileNotFoundError):
-    """The bucket does not exist (``NoSuchBucket`` / 404 on the bucket)."""
-
-
-class S3AccessDeniedError(S3Error, PermissionError):
-    """Wrong or insufficient credentials. The message masks the access key and never shows the secret."""
-
-
-class ChecksumMismatchError(S3Error, ConnectionError):
-    """The body does not hash to the object's ETag (``verify_etag=True``). A ``ConnectionError``,
-    so the retry policy fetches it again: the bytes were damaged on the way."""
-
-
-_MD5_ETAG = re.compile(r'^"?([0-9a-fA-F]{32})"?$')
-
-
-def check_etag(data: bytes, etag: str | None, where: str) -> None:
-    """Raise :class:`ChecksumMismatchError` if ``etag`` is a single-part (MD5) ETag and ``data``
-    does not match it. Multipart ETags (``"...-N"``) and missing ETags cannot be checked."""
-    m = _MD5_ETAG.match(etag or "")
-    if m is None:
-        return
-    got = hashlib.md5(data, usedforsecurity=False).hexdigest()
-    if got != m.group(1).lower():
-        raise ChecksumMismatchError(f"{where}: body of {len(data)} bytes has MD5 {got} but the ETag is "
-                                    f"{m.group(1).lower()} (corrupted in transit, or an ETag that is not an MD5, "
-                                    "e.g. SSE-KMS; then pass verify_etag=False)", where)
 
 
 def check_max_object_bytes(value: int | None) -> int | None:
@@ -135,26 +66,20 @@ def parse_s3_url(url: str) -> tuple[str, str]:
     return u.bucket, u.key
 
 
-def mask_access_key(access_key: str | None) -> str:
-    """Enough of an access key id to tell keys apart in a message, not enough to use it."""
-    if not access_key:
-        return "<default credential chain>"
-    return f"{access_key[:4]}****" if len(access_key) > 8 else "****"
+class _S3ProcessState:
+    """This process's clients and counters for one store (never pickled, never inherited)."""
 
-
-# NOTE: one lock per process guards lazy client creation (botocore sessions are not thread-safe
-# to create). A lock held by another thread at fork time would stay locked in the child forever,
-# so the child gets a fresh one.
-_CLIENT_LOCK = threading.Lock()
-
-
-def _reset_lock_after_fork() -> None:
-    global _CLIENT_LOCK
-    _CLIENT_LOCK = threading.Lock()
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_reset_lock_after_fork)
+    def __init__(self) -> None:
+        self.lock = threading.Lock()  # guards lazy client creation (botocore sessions are not thread-safe)
+        self.sync_client: Any = None
+        self.aio_session: Any = None
+        # id(loop) -> (loop, task creating the client); a task so concurrent first calls share one client.
+        self.aio_clients: dict[int, tuple[asyncio.AbstractEventLoop, asyncio.Task]] = {}
+        self.retry_counters = RetryCounters()
+        self.stats_lock = threading.Lock()
+        self.stats = {"requests": 0, "bytes": 0}
+        self.in_flight = 0
+        self.pool_warned = False
 
 
 class S3Store(ByteStore):
@@ -222,38 +147,18 @@ class S3Store(ByteStore):
                                             aws_session_token=aws_session_token, credential_file=credential_file,
                                             profile_name=profile_name)
         self.profile_name = profile_name
-        self._init_process_state()
 
     # ------------------------------------------------------------------ process-local state
-    def _init_process_state(self) -> None:
-        self._pid = os.getpid()
-        self._sync_client: Any = None
-        self._aio_session: Any = None
-        # id(loop) -> (loop, task creating the client); a task so concurrent first calls share one client.
-        self._aio_clients: dict[int, tuple[asyncio.AbstractEventLoop, asyncio.Task]] = {}
-        self.retry_counters = RetryCounters()
-        self._stats_lock = threading.Lock()
-        self._stats = {"requests": 0, "bytes": 0}
-        self._in_flight = 0
-        self._pool_warned = False
+    # Clients, counters and the creation lock (NOTE [ Per-process state ] in _process_local.py).
+    _proc = ProcessLocal(lambda self: _S3ProcessState())
 
-    def _check_pid(self) -> None:
-        if self._pid != os.getpid():
-            # NOTE: forked child. The inherited clients' sockets belong to the parent; drop them
-            # without closing (closing could disturb the parent's connections).
-            self._init_process_state()
+    @property
+    def retry_counters(self) -> RetryCounters:
+        return self._proc.retry_counters
 
     def __getstate__(self) -> dict[str, Any]:
-        state = self.__dict__.copy()
-        for name in ("_pid", "_sync_client", "_aio_session", "_aio_clients", "retry_counters",
-                     "_stats_lock", "_stats", "_in_flight", "_pool_warned"):
-            state.pop(name, None)
         # NOTE: the CredentialSource pickles only where keys come from, except keys given in code.
-        return state
-
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__dict__.update(state)
-        self._init_process_state()
+        return drop_process_local(self.__dict__)
 
     # ------------------------------------------------------------------ clients
     def _config_kwargs(self) -> dict[str, Any]:
@@ -281,45 +186,46 @@ class S3Store(ByteStore):
     @property
     def client(self) -> Any:
         """This process's botocore client (thread-safe; shared by all fetch threads)."""
-        self._check_pid()
-        client = self._sync_client
+        st = self._proc
+        client = st.sync_client
         if client is None:
-            with _CLIENT_LOCK:
-                if self._sync_client is None:
+            with st.lock:
+                if st.sync_client is None:
                     import botocore.session
                     from botocore.config import Config
 
                     session = botocore.session.Session(profile=self.profile_name)
-                    self._sync_client = session.create_client("s3", config=Config(**self._config_kwargs()),
-                                                              **self._client_kwargs())
-                client = self._sync_client
+                    st.sync_client = session.create_client("s3", config=Config(**self._config_kwargs()),
+                                                           **self._client_kwargs())
+                client = st.sync_client
         return client
 
     async def _new_aio_client(self) -> Any:
         from aiobotocore.config import AioConfig
         from aiobotocore.session import get_session
 
-        if self._aio_session is None:
-            self._aio_session = get_session()
+        st = self._proc
+        if st.aio_session is None:
+            st.aio_session = get_session()
             if self.profile_name:
-                self._aio_session.set_config_variable("profile", self.profile_name)
-        ctx = self._aio_session.create_client("s3", config=AioConfig(**self._config_kwargs()), **self._client_kwargs())
+                st.aio_session.set_config_variable("profile", self.profile_name)
+        ctx = st.aio_session.create_client("s3", config=AioConfig(**self._config_kwargs()), **self._client_kwargs())
         return await ctx.__aenter__()
 
     async def aclient(self) -> Any:
         """The aiobotocore client for this process and the running event loop."""
-        self._check_pid()
+        clients = self._proc.aio_clients
         loop = asyncio.get_running_loop()
-        entry = self._aio_clients.get(id(loop))
+        entry = clients.get(id(loop))
         if entry is None or entry[0] is not loop:
             # NOTE: all coroutines on this loop run on one thread, so check-then-set is atomic here.
             entry = (loop, loop.create_task(self._new_aio_client()))
-            self._aio_clients[id(loop)] = entry
+            clients[id(loop)] = entry
         try:
             return await asyncio.shield(entry[1])
         except Exception:
-            if self._aio_clients.get(id(loop)) is entry:
-                del self._aio_clients[id(loop)]
+            if clients.get(id(loop)) is entry:
+                del clients[id(loop)]
             raise
 
     # ------------------------------------------------------------------ helpers
@@ -359,37 +265,38 @@ class S3Store(ByteStore):
         if self.verify_etag and byte_range is None:
             check_etag(data, response.get("ETag"), self.describe(key))
 
-    def _translate(self, exc: Exception, key: str | None, byte_range: ByteRange | None = None) -> Exception:
-        """Turn a botocore ClientError into an error that names s3://bucket/key and says what is wrong."""
-        response = getattr(exc, "response", None)
-        if not isinstance(response, dict):
+    def _translate(self, exc: Exception, key: str | None, byte_range: ByteRange | None = None,
+                   method: str = "GET") -> Exception:
+        """A botocore ClientError as our error naming s3://bucket/key (:func:`.s3_errors.translate_s3_error`),
+        keeping its notes; any other exception unchanged."""
+        fields = botocore_error_fields(exc)
+        if fields is None:
             return exc
-        code = str((response.get("Error") or {}).get("Code") or "")
-        status = (response.get("ResponseMetadata") or {}).get("HTTPStatusCode")
-        where = self.describe(key) if key is not None else f"s3://{self.bucket}/{self.prefix}"
-        endpoint = f" at {self.endpoint_url}" if self.endpoint_url else ""
-        if code == "NoSuchBucket" or (key is None and status == 404):
-            return BucketNotFoundError(f"{where}: bucket {self.bucket!r} does not exist{endpoint}",
-                                       f"s3://{self.bucket}")
-        if code in ("NoSuchKey", "404", "NotFound") or status == 404:
-            return ObjectNotFoundError(f"{where}: no such object{endpoint}", where)
-        if code == "InvalidRange" or status == 416:
-            offset = byte_range[0] if byte_range else "?"
-            return EOFError(f"{where}: byte range starting at {offset} is beyond the end of the object")
-        if code in _AUTH_CODES or status == 403:
-            return S3AccessDeniedError(
-                f"{where}: access denied ({code or status}) for access key "
-                f"{mask_access_key(self.credentials.access_key_id())} ({self.credentials.describe()}){endpoint}; "
-                "check the credentials (explicit, credential file, environment, ~/.aws) and the bucket policy", where,
-                status=status or 0, code=code)
-        return exc
+        status, code, message = fields
+        translated = translate_s3_error(
+            status, code, message, bucket=self.bucket, key=self.full_key(key) if key is not None else None,
+            endpoint_url=self.endpoint_url, where=None if key is not None else f"s3://{self.bucket}/{self.prefix}",
+            access_key=self.credentials.access_key_id(), credential_source=self.credentials.describe(),
+            byte_range=byte_range, method=method)
+        for note in getattr(exc, "__notes__", ()):  # e.g. the retry policy's "gave up after ..."
+            translated.add_note(note)
+        return translated
+
+    def _reraise(self, exc: Exception, key: str | None, byte_range: ByteRange | None = None,
+                 method: str = "GET") -> NoReturn:
+        """Raise :meth:`_translate`'s error (from ``exc``), or ``exc`` itself when it is not an S3 answer."""
+        translated = self._translate(exc, key, byte_range, method)
+        if translated is exc:
+            raise exc
+        raise translated from exc
 
     def _begin(self) -> None:
-        with self._stats_lock:
-            self._in_flight += 1
-            over = self._in_flight > self.max_pool_connections and not self._pool_warned
+        st = self._proc
+        with st.stats_lock:
+            st.in_flight += 1
+            over = st.in_flight > self.max_pool_connections and not st.pool_warned
             if over:
-                self._pool_warned = True
+                st.pool_warned = True
         if over:
             warnings.warn(f"more concurrent S3 requests than max_pool_connections={self.max_pool_connections} "
                           f"for {self!r}; requests queue for a connection. Raise max_pool_connections to at "
@@ -403,25 +310,24 @@ class S3Store(ByteStore):
         try:
             yield got
         except Exception as exc:
-            translated = self._translate(exc, key, byte_range)
-            if translated is exc:
-                raise
-            raise translated from exc
+            self._reraise(exc, key, byte_range)
         finally:
             self._end(len(got[0]) if got else None)
 
     def _end(self, nbytes: int | None) -> None:
-        with self._stats_lock:
-            self._in_flight -= 1
+        st = self._proc
+        with st.stats_lock:
+            st.in_flight -= 1
             if nbytes is not None:
-                self._stats["requests"] += 1
-                self._stats["bytes"] += nbytes
+                st.stats["requests"] += 1
+                st.stats["bytes"] += nbytes
 
     def stats(self) -> dict[str, int]:
         """This process's successful GETs and bytes, plus retry counters."""
-        with self._stats_lock:
-            out = dict(self._stats)
-        out.update(self.retry_counters.snapshot())
+        st = self._proc
+        with st.stats_lock:
+            out = dict(st.stats)
+        out.update(st.retry_counters.snapshot())
         return out
 
     # ------------------------------------------------------------------ ByteStore
@@ -478,10 +384,7 @@ class S3Store(ByteStore):
             try:
                 page = self.retry.call(lambda: client.list_objects_v2(**kwargs), self.retry_counters)
             except Exception as exc:
-                translated = self._translate(exc, None)
-                if translated is exc:
-                    raise
-                raise translated from exc
+                self._reraise(exc, None)
             keys.extend(obj["Key"][len(root):] for obj in page.get("Contents", ()))
             if not page.get("IsTruncated"):
                 break
@@ -496,12 +399,7 @@ class S3Store(ByteStore):
             self.retry.call(lambda: client.put_object(Bucket=self.bucket, Key=self.full_key(key), Body=data),
                             self.retry_counters)
         except Exception as exc:
-            translated = self._translate(exc, key)
-            if isinstance(translated, ObjectNotFoundError):  # a 404 on PUT can only be the bucket
-                translated = BucketNotFoundError(f"s3://{self.bucket}: bucket does not exist", f"s3://{self.bucket}")
-            if translated is exc:
-                raise
-            raise translated from exc
+            self._reraise(exc, key, method="PUT")  # a 404 on PUT can only be the bucket
 
     def size(self, key: str) -> int:
         client = self.client
@@ -509,10 +407,7 @@ class S3Store(ByteStore):
             head = self.retry.call(lambda: client.head_object(Bucket=self.bucket, Key=self.full_key(key)),
                                    self.retry_counters)
         except Exception as exc:
-            translated = self._translate(exc, key)
-            if translated is exc:
-                raise
-            raise translated from exc
+            self._reraise(exc, key)
         return int(head["ContentLength"])
 
     def check(self) -> None:
@@ -521,27 +416,28 @@ class S3Store(ByteStore):
         try:
             self.retry.call(lambda: client.head_bucket(Bucket=self.bucket), self.retry_counters)
         except Exception as exc:
-            translated = self._translate(exc, None)
-            if translated is exc:
-                raise
-            raise translated from exc
+            self._reraise(exc, None)
 
     def close(self) -> None:
         """Close this process's sync client. Async clients are closed by :meth:`aclose` on their loop."""
-        self._check_pid()
-        client, self._sync_client = self._sync_client, None
+        st = S3Store._proc.peek(self)
+        if st is None:  # nothing was opened in this process
+            return
+        client, st.sync_client = st.sync_client, None
         if client is not None:
             client.close()
         # Async clients whose loop is gone cannot be closed any more; forget them.
-        for loop_id, (loop, _task) in list(self._aio_clients.items()):
+        for loop_id, (loop, _task) in list(st.aio_clients.items()):
             if loop.is_closed():
-                del self._aio_clients[loop_id]
+                del st.aio_clients[loop_id]
 
     async def aclose(self) -> None:
         """Close the async client bound to the running loop (call it on that loop before it stops)."""
-        self._check_pid()
+        st = S3Store._proc.peek(self)
+        if st is None:
+            return
         loop = asyncio.get_running_loop()
-        entry = self._aio_clients.pop(id(loop), None)
+        entry = st.aio_clients.pop(id(loop), None)
         if entry is None or entry[0] is not loop:
             return
         try:

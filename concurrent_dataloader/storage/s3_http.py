@@ -13,416 +13,63 @@ bundle and credentials are resolved by botocore (:mod:`.aws_config`), once per p
 per-request work is ours.
 
 See NOTE [ Fork safety ] (``concurrent_dataloader/__init__.py``): sockets, pools and the
-credential provider are created lazily and keyed on ``os.getpid()`` (and, for the async pool, on
-the event loop), and are dropped when the store is pickled. What travels is configuration: the
-resolved endpoint per bucket and the :class:`~.aws_config.CredentialSource` (a profile name or
-file path; keys only when they were given explicitly in code). Keys never appear in ``repr`` or
-error messages.
+credential provider are per-process state (NOTE [ Per-process state ] in ``_process_local.py``;
+the async pools are also keyed on the event loop). What travels is configuration: the resolved
+endpoint per bucket and the :class:`~.aws_config.CredentialSource` (a profile name or file path;
+keys only when they were given explicitly in code). Keys never appear in ``repr`` or error
+messages.
 """
 
 from __future__ import annotations
 
 import asyncio
 import hashlib
-import hmac
 import os
-import socket
 import ssl
 import threading
-import time
 import weakref
 from typing import Any, Iterator
-from urllib.parse import quote, urlsplit
+from urllib.parse import urlsplit
 from xml.etree import ElementTree
 
+from .._process_local import ProcessLocal, drop_process_local
+from ._http11 import AsyncConn, ResponseParser, SyncConn, TooLarge
 from .aws_config import CredentialProvider, CredentialSource, S3Target, botocore_session, resolve_ca_bundle, resolve_target
 from .base import ByteRange, ByteStore, register_store
-from .url import parse_store_url
 from .retry import RetryCounters, RetryPolicy
-from .s3 import (_AUTH_CODES, BucketNotFoundError, ObjectNotFoundError, S3AccessDeniedError, S3Error,
-                 check_max_object_bytes, mask_access_key)
+from .s3 import check_max_object_bytes
+from .s3_errors import S3HTTPError, check_etag, parse_error_body, translate_s3_error
+from .sigv4 import EMPTY_SHA256, UNSIGNED_PAYLOAD, S3Credentials, SigV4Signer, uri_encode, uri_encode_path
+from .url import parse_store_url
 
 __all__ = ["LeanS3Client", "LeanS3Store", "SigV4Signer", "S3Credentials", "S3HTTPError", "UNSIGNED_PAYLOAD"]
-
-UNSIGNED_PAYLOAD = "UNSIGNED-PAYLOAD"
-_EMPTY_SHA256 = hashlib.sha256(b"").hexdigest()
-_RECV = 256 * 1024
-
-
-# ---------------------------------------------------------------------------------------------
-# Errors: the same types as the botocore-based store, so callers catch one set of exceptions
-# ---------------------------------------------------------------------------------------------
-
-class S3HTTPError(S3Error):
-    """An S3 error response not translated to a more specific type. ``status`` and ``code`` (e.g.
-    ``SlowDown``) say which (see :class:`~.s3.S3Error`)."""
-
-    def __init__(self, message: str, url: str | None = None, status: int = 0, code: str = "") -> None:
-        super().__init__(message, url, status=status, code=code)
-
-
-def _parse_error_body(body: bytes) -> tuple[str, str]:
-    if not body:
-        return "", ""
-    try:
-        root = ElementTree.fromstring(body)
-    except ElementTree.ParseError:
-        return "", body[:200].decode("utf-8", "replace")
-    return root.findtext("Code") or "", root.findtext("Message") or ""
-
-
-# ---------------------------------------------------------------------------------------------
-# SigV4
-# ---------------------------------------------------------------------------------------------
-
-class S3Credentials:
-    """Access key, secret and optional session token. ``repr`` never shows the secret."""
-
-    __slots__ = ("access_key", "secret_key", "token")
-
-    def __init__(self, access_key: str, secret_key: str, token: str | None = None) -> None:
-        self.access_key = access_key
-        self.secret_key = secret_key
-        self.token = token
-
-    def __repr__(self) -> str:
-        return f"S3Credentials(access_key={self.access_key[:4]}..., secret=***)"
-
-    def __getstate__(self) -> tuple:
-        return (self.access_key, self.secret_key, self.token)
-
-    def __setstate__(self, state: tuple) -> None:
-        self.access_key, self.secret_key, self.token = state
-
-
-def _uri_encode_path(path: str) -> str:
-    # RFC 3986 unreserved characters stay; "/" separates segments (S3 does not double-encode).
-    return quote(path, safe="/~")
-
-
-def _uri_encode(value: str) -> str:
-    return quote(value, safe="~")
-
-
-class SigV4Signer:
-    """AWS Signature Version 4 for one service and region.
-
-    The signing key depends only on the secret, the date, the region and the service, so it is
-    derived once per UTC day; each request then costs two SHA-256 and one HMAC over short strings.
-    """
-
-    def __init__(self, credentials: Any, region: str, service: str = "s3") -> None:
-        self.credentials = credentials  # default keys for sign(); each call may pass its own
-        self.region = region
-        self.service = service
-        self._key_for: tuple[str, str] = ("", "")  # (secret, datestamp) of the cached key
-        self._key = b""
-        self._scope_tail = f"/{region}/{service}/aws4_request"
-
-    def signing_key(self, datestamp: str, secret_key: str | None = None) -> bytes:
-        secret = self.credentials.secret_key if secret_key is None else secret_key
-        cached = self._key_for
-        if cached[1] != datestamp or cached[0] != secret:
-            k = hmac.digest(("AWS4" + secret).encode(), datestamp.encode(), "sha256")
-            k = hmac.digest(k, self.region.encode(), "sha256")
-            k = hmac.digest(k, self.service.encode(), "sha256")
-            key = hmac.digest(k, b"aws4_request", "sha256")
-            self._key, self._key_for = key, (secret, datestamp)  # NOTE: threads may race here; both values are right
-            return key
-        return self._key
-
-    def sign(self, method: str, host: str, path: str, query: dict[str, str] | None, headers: dict[str, str],
-             payload_hash: str = UNSIGNED_PAYLOAD, amz_date: str | None = None, *,
-             credentials: Any = None) -> dict[str, str]:
-        """Return ``headers`` plus ``x-amz-date``, ``x-amz-content-sha256``, the session token and
-        ``Authorization``. ``path`` is already URI-encoded; ``headers`` (lower-case names) are all
-        signed, along with ``host``. ``credentials`` (``access_key``, ``secret_key``, ``token``) are
-        this request's keys; the default is the signer's own."""
-        creds = self.credentials if credentials is None else credentials
-        if amz_date is None:
-            amz_date = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
-        out = dict(headers)
-        out["x-amz-date"] = amz_date
-        out["x-amz-content-sha256"] = payload_hash
-        if creds.token:
-            out["x-amz-security-token"] = creds.token
-        signed = dict(out)
-        signed["host"] = host
-        names = sorted(signed)
-        canonical_headers = "".join(f"{n}:{' '.join(str(signed[n]).split())}\n" for n in names)
-        signed_headers = ";".join(names)
-        canonical_query = "&".join(
-            f"{_uri_encode(k)}={_uri_encode(v)}" for k, v in sorted((query or {}).items()))
-        canonical = f"{method}\n{path}\n{canonical_query}\n{canonical_headers}\n{signed_headers}\n{payload_hash}"
-        datestamp = amz_date[:8]
-        scope = datestamp + self._scope_tail
-        to_sign = f"AWS4-HMAC-SHA256\n{amz_date}\n{scope}\n{hashlib.sha256(canonical.encode()).hexdigest()}"
-        signature = hmac.new(self.signing_key(datestamp, creds.secret_key), to_sign.encode(), hashlib.sha256).hexdigest()
-        out["Authorization"] = (f"AWS4-HMAC-SHA256 Credential={creds.access_key}/{scope}, "
-                                f"SignedHeaders={signed_headers}, Signature={signature}")
-        return out
-
-
-# ---------------------------------------------------------------------------------------------
-# HTTP/1.1
-# ---------------------------------------------------------------------------------------------
-
-class _TooLarge(OSError):
-    """The response body is larger than ``max_object_bytes`` (re-raised naming the key)."""
-
-    def __init__(self, size: int) -> None:
-        super().__init__(f"response body of {size} bytes")
-        self.size = size
-
-
-class _ResponseParser:
-    """Incremental HTTP/1.1 response parser (Content-Length, chunked, or read-until-close)."""
-
-    __slots__ = ("head_only", "buf", "status", "headers", "parts", "remaining", "mode", "done", "keep_alive",
-                 "got_bytes", "limit")
-
-    def __init__(self, head_only: bool, limit: int | None = None) -> None:
-        self.head_only = head_only
-        self.limit = limit  # max body bytes of a 2xx answer (max_object_bytes), or None
-        self.buf = bytearray()
-        self.status = 0
-        self.headers: dict[str, str] = {}
-        self.parts: list[bytes] = []
-        self.remaining = 0
-        self.mode = ""  # "", "length", "chunked", "close"
-        self.done = False
-        self.keep_alive = True
-        self.got_bytes = False
-
-    def feed(self, data: bytes) -> bool:
-        self.got_bytes = True
-        if self.mode == "length":
-            n = len(data)
-            if n > self.remaining:
-                raise ConnectionError(f"server sent {n - self.remaining} bytes more than Content-Length")
-            self.parts.append(data)
-            self.remaining -= n
-            if self.remaining == 0:
-                self.done = True
-            return self.done
-        self.buf += data
-        if not self.mode:
-            while True:
-                end = self.buf.find(b"\r\n\r\n")
-                if end < 0:
-                    if len(self.buf) > 65536:
-                        raise ConnectionError("response header too large")
-                    return False
-                lines = bytes(self.buf[:end]).decode("latin-1").split("\r\n")
-                del self.buf[:end + 4]
-                parts = lines[0].split(" ", 2)
-                try:
-                    status = int(parts[1])
-                except (IndexError, ValueError):
-                    raise ConnectionError(f"bad HTTP status line {lines[0][:80]!r}") from None
-                if 100 <= status < 200:  # 100 Continue: the real response follows
-                    continue
-                self.status = status
-                h = self.headers
-                for line in lines[1:]:
-                    name, _, value = line.partition(":")
-                    h[name.strip().lower()] = value.strip()
-                if parts[0] == "HTTP/1.0" or h.get("connection", "").lower() == "close":
-                    self.keep_alive = False
-                break
-            h = self.headers
-            if self.head_only or self.status in (204, 304):
-                self.done = True
-                return True
-            if "chunked" in h.get("transfer-encoding", "").lower():
-                self.mode = "chunked"
-            elif "content-length" in h:
-                self.mode = "length"
-                self.remaining = int(h["content-length"])
-                if self.limit is not None and self.remaining > self.limit and self.status < 300:
-                    raise _TooLarge(self.remaining)
-                data = bytes(self.buf)
-                self.buf = bytearray()
-                if not self.remaining and not data:
-                    self.done = True
-                    return True
-                return self.feed(data) if data else False
-            else:
-                self.mode = "close"
-                self.keep_alive = False
-                return False
-        if self.limit is not None and len(self.buf) > self.limit + 65536 and self.status < 300:
-            raise _TooLarge(len(self.buf))  # chunked / read-until-close: no size up front
-        if self.mode == "chunked":
-            body = _dechunk(self.buf)
-            if body is not None:
-                self.parts = [body]
-                self.done = True
-        return self.done
-
-    def eof(self) -> None:
-        """The server closed the connection."""
-        if self.mode == "close":
-            self.parts = [bytes(self.buf)]
-            self.done = True
-        elif not self.done:
-            raise ConnectionError("connection closed before the response was complete"
-                                  + (f" ({self.remaining} body bytes missing)" if self.mode == "length" else ""))
-
-    def body(self) -> bytes:
-        parts = self.parts
-        if len(parts) == 1:
-            return parts[0]
-        return b"".join(parts)
-
-
-def _dechunk(buf: bytearray) -> bytes | None:
-    out = bytearray()
-    pos = 0
-    while True:
-        eol = buf.find(b"\r\n", pos)
-        if eol < 0:
-            return None
-        try:
-            size = int(bytes(buf[pos:eol]).split(b";", 1)[0].strip(), 16)
-        except ValueError:
-            raise ConnectionError("bad chunked encoding from server") from None
-        pos = eol + 2
-        if size == 0:
-            while True:
-                eol = buf.find(b"\r\n", pos)
-                if eol < 0:
-                    return None
-                if eol == pos:
-                    return bytes(out)
-                pos = eol + 2
-        if len(buf) < pos + size + 2:
-            return None
-        out += buf[pos:pos + size]
-        pos += size + 2
-
-
-class _SyncConn:
-    __slots__ = ("sock", "reused", "got_bytes", "addr")
-
-    def __init__(self, host: str, port: int, tls: ssl.SSLContext | None, timeout: float) -> None:
-        self.addr = (host, port)
-        sock = socket.create_connection((host, port), timeout=timeout)
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        self.sock = tls.wrap_socket(sock, server_hostname=host) if tls is not None else sock
-        self.reused = False
-        self.got_bytes = False  # did the last request get any response byte (not a stale socket)?
-
-    def request(self, raw: bytes, body: bytes | None, head_only: bool, timeout: float,
-                limit: int | None = None) -> _ResponseParser:
-        sock = self.sock
-        sock.settimeout(timeout)
-        self.got_bytes = False
-        if body:
-            sock.sendall(raw + body if len(body) < 65536 else raw)
-            if len(body) >= 65536:
-                sock.sendall(body)
-        else:
-            sock.sendall(raw)
-        parser = _ResponseParser(head_only, limit)
-        recv = sock.recv
-        while True:
-            data = recv(_RECV)
-            if not data:
-                parser.eof()
-                return parser
-            self.got_bytes = True
-            if parser.feed(data):
-                return parser
-
-    def close(self) -> None:
-        try:
-            self.sock.close()
-        except OSError:
-            pass
-
-
-class _AsyncConn(asyncio.Protocol):
-    __slots__ = ("transport", "parser", "waiter", "broken", "reused", "loop", "timer", "got_bytes", "addr")
-
-    def __init__(self, loop: asyncio.AbstractEventLoop, addr: tuple[str, int]) -> None:
-        self.loop = loop
-        self.addr = addr
-        self.transport: asyncio.Transport | None = None
-        self.parser: _ResponseParser | None = None
-        self.waiter: asyncio.Future | None = None
-        self.broken = False
-        self.reused = False
-        self.timer: asyncio.TimerHandle | None = None
-        self.got_bytes = False  # did the last request get any response byte (not a stale socket)?
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
-
-    def data_received(self, data: bytes) -> None:
-        parser, waiter = self.parser, self.waiter
-        if parser is None or waiter is None or waiter.done():
-            self.broken = True  # unsolicited bytes: this connection cannot be trusted any more
-            return
-        self.got_bytes = True
-        try:
-            if parser.feed(data):
-                waiter.set_result(parser)
-        except OSError as exc:  # a protocol error, or the body is over max_object_bytes
-            self.broken = True
-            waiter.set_exception(exc)
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self.broken = True
-        parser, waiter = self.parser, self.waiter
-        if waiter is not None and not waiter.done():
-            try:
-                parser.eof()  # type: ignore[union-attr]
-                waiter.set_result(parser)
-            except ConnectionError as err:
-                waiter.set_exception(err)
-
-    def _timeout(self) -> None:
-        waiter = self.waiter
-        if waiter is not None and not waiter.done():
-            waiter.set_exception(TimeoutError("S3 request timed out"))
-        self.broken = True
-        if self.transport is not None:
-            self.transport.abort()
-
-    async def request(self, raw: bytes, body: bytes | None, head_only: bool, timeout: float,
-                      limit: int | None = None) -> _ResponseParser:
-        self.parser = _ResponseParser(head_only, limit)
-        self.got_bytes = False
-        self.waiter = self.loop.create_future()
-        # NOTE: one timer per request instead of asyncio.wait_for, which costs a task each time.
-        self.timer = self.loop.call_later(timeout, self._timeout)
-        try:
-            self.transport.write(raw)  # type: ignore[union-attr]
-            if body:
-                self.transport.write(body)  # type: ignore[union-attr]
-            return await self.waiter
-        finally:
-            self.timer.cancel()
-            self.parser = None
-            self.waiter = None
-
-    def close(self) -> None:
-        self.broken = True
-        if self.transport is not None:
-            self.transport.close()
 
 
 # ---------------------------------------------------------------------------------------------
 # The client
 # ---------------------------------------------------------------------------------------------
 
+class _LeanProcessState:
+    """One process's part of a :class:`LeanS3Client` (never pickled, never inherited by fork)."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.sync_idle: dict[tuple[str, int], list[SyncConn]] = {}
+        self.async_pools: "weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _AsyncPool]" = \
+            weakref.WeakKeyDictionary()
+        self.ssl: ssl.SSLContext | None = None
+        self.provider: CredentialProvider | None = None
+        self.session: Any = None
+        self.signers: dict[str, SigV4Signer] = {}
+        self.retry_counters = RetryCounters()
+
+
 class _AsyncPool:
     __slots__ = ("idle", "loop")
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self.loop = loop
-        self.idle: dict[tuple[str, int], list[_AsyncConn]] = {}
+        self.idle: dict[tuple[str, int], list[AsyncConn]] = {}
 
 
 class LeanS3Client:
@@ -478,7 +125,6 @@ class LeanS3Client:
         self.max_object_bytes = check_max_object_bytes(max_object_bytes)
         self.verify_etag = bool(verify_etag)
         self._targets: dict[str, S3Target] = {}  # bucket -> where its requests go (plain data, pickled)
-        self._init_process_state()
         # Resolved here, in the process that builds the client, and pickled as plain data: the
         # endpoint, region and CA bundle are configuration, not secrets.
         probe = self._target("cdl-endpoint-probe")
@@ -486,49 +132,31 @@ class LeanS3Client:
         self.region = probe.region
         self.ca_bundle = resolve_ca_bundle(verify, self._botocore_session())
 
-    # -- pickling / fork ------------------------------------------------------------------------
-    def _init_process_state(self) -> None:
-        self._pid = os.getpid()
-        self._lock = threading.Lock()
-        self._sync_idle: dict[tuple[str, int], list[_SyncConn]] = {}
-        self._async_pools: "weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _AsyncPool]" = \
-            weakref.WeakKeyDictionary()
-        self._ssl: ssl.SSLContext | None = None
-        self._provider: CredentialProvider | None = None
-        self._session: Any = None
-        self._signers: dict[str, SigV4Signer] = {}
-        self.retry_counters = RetryCounters()
+    # -- per-process state ----------------------------------------------------------------------
+    # Pools, TLS context, credential provider, botocore session, signers and counters: NOTE [ Per-
+    # process state ] in _process_local.py. A forked worker starts with none of its parent's.
+    _proc = ProcessLocal(lambda self: _LeanProcessState())
 
-    _PROCESS_STATE = ("_pid", "_lock", "_sync_idle", "_async_pools", "_ssl", "_provider", "_session", "_signers",
-                      "retry_counters")
+    @property
+    def retry_counters(self) -> RetryCounters:
+        return self._proc.retry_counters
 
     def __getstate__(self) -> dict:
         # NOTE: the CredentialSource pickles only where keys come from (a profile name, a file
         # path), except keys given explicitly in code, which travel as given (docs/datasets.md).
-        state = dict(self.__dict__)
-        for name in self._PROCESS_STATE:
-            state.pop(name, None)
-        return state
-
-    def __setstate__(self, state: dict) -> None:
-        self.__dict__.update(state)
-        self._init_process_state()
-
-    def _check_pid(self) -> None:
-        if self._pid != os.getpid():
-            # NOTE: forked child. Inherited sockets belong to the parent: forget them, never close.
-            self._init_process_state()
+        return drop_process_local(self.__dict__)
 
     def _botocore_session(self) -> Any:
-        if self._session is None:
-            self._session = botocore_session(self.profile_name)
-        return self._session
+        st = self._proc
+        if st.session is None:
+            st.session = botocore_session(self.profile_name)
+        return st.session
 
     def _target(self, bucket: str) -> S3Target:
         """Where requests for ``bucket`` go, as botocore would send them (resolved once per bucket)."""
         target = self._targets.get(bucket)
         if target is None:
-            with self._lock:
+            with self._proc.lock:
                 target = self._targets.get(bucket)
                 if target is None:
                     target = resolve_target(bucket, endpoint_url=self._endpoint_arg, region_name=self._region_arg,
@@ -536,58 +164,54 @@ class LeanS3Client:
                     self._targets[bucket] = target
         return target
 
-    def _credentials(self) -> Any:
+    def _credentials(self, st: "_LeanProcessState | None" = None) -> Any:
         """The keys for this request (``None``: anonymous). Cheap: see :class:`CredentialProvider`."""
         if self.anonymous:
             return None
-        provider = self._provider
+        st = st or self._proc
+        provider = st.provider
         if provider is None:
-            self._check_pid()
-            with self._lock:
-                if self._provider is None:
-                    self._provider = self.credentials.provider()
-                provider = self._provider
+            with st.lock:
+                if st.provider is None:
+                    st.provider = self.credentials.provider()
+                provider = st.provider
         return provider.current()
 
     def _refresh_credentials(self) -> bool:
         """After ``ExpiredToken``: resolve the keys again. ``False`` if they cannot change."""
-        provider = self._provider
+        provider = self._proc.provider
         return provider.refresh() if provider is not None else False
 
-    def _signer(self, region: str) -> SigV4Signer:
-        signer = self._signers.get(region)
-        if signer is None:
-            signer = self._signers[region] = SigV4Signer(None, region)
-        return signer
-
-    def _tls_context(self) -> ssl.SSLContext:
-        if self._ssl is None:
+    def _tls_context(self, st: "_LeanProcessState") -> ssl.SSLContext:
+        if st.ssl is None:
             if self.ca_bundle is False:
                 ctx = ssl.create_default_context()
                 ctx.check_hostname = False
                 ctx.verify_mode = ssl.CERT_NONE
             else:
                 ctx = ssl.create_default_context(cafile=self.ca_bundle if isinstance(self.ca_bundle, str) else None)
-            self._ssl = ctx
-        return self._ssl
+            st.ssl = ctx
+        return st.ssl
 
     # -- request building and errors ------------------------------------------------------------
-    def _build(self, target: S3Target, method: str, key: str | None, query: dict[str, str] | None,
-               headers: dict[str, str] | None, body: bytes | None) -> bytes:
-        path = target.path_prefix + ("/" + _uri_encode_path(key) if key else "") or "/"
+    def _build(self, st: "_LeanProcessState", target: S3Target, method: str, key: str | None,
+               query: dict[str, str] | None, headers: dict[str, str] | None, body: bytes | None) -> bytes:
+        path = target.path_prefix + ("/" + uri_encode_path(key) if key else "") or "/"
         hdrs = headers or {}
         host_header = target.host_header
-        creds = self._credentials()
+        creds = self._credentials(st)
         if creds is not None:
             if body:
                 payload_hash = hashlib.sha256(body).hexdigest()
             else:
-                payload_hash = _EMPTY_SHA256 if method in ("PUT", "POST") else UNSIGNED_PAYLOAD
-            hdrs = self._signer(target.region).sign(method, host_header, path, query, hdrs, payload_hash,
-                                                    credentials=creds)
+                payload_hash = EMPTY_SHA256 if method in ("PUT", "POST") else UNSIGNED_PAYLOAD
+            signer = st.signers.get(target.region)
+            if signer is None:
+                signer = st.signers[target.region] = SigV4Signer(None, target.region)
+            hdrs = signer.sign(method, host_header, path, query, hdrs, payload_hash, credentials=creds)
         target_path = path
         if query:
-            target_path += "?" + "&".join(f"{_uri_encode(k)}={_uri_encode(v)}" for k, v in sorted(query.items()))
+            target_path += "?" + "&".join(f"{uri_encode(k)}={uri_encode(v)}" for k, v in sorted(query.items()))
         lines = [f"{method} {target_path} HTTP/1.1\r\nHost: {host_header}\r\n"]
         for k, v in hdrs.items():
             lines.append(f"{k}: {v}\r\n")
@@ -596,61 +220,50 @@ class LeanS3Client:
         lines.append("\r\n")
         return "".join(lines).encode("latin-1")
 
-    def _error(self, parser: _ResponseParser, bucket: str, key: str | None) -> Exception:
-        """Translate an error status into the store error types, naming s3://bucket/key."""
-        status = parser.status
-        code, message = _parse_error_body(parser.body())
-        code = code or f"HTTP{status}"
-        where = f"s3://{bucket}/{key}" if key is not None else f"s3://{bucket}"
-        endpoint = f" at {self.endpoint_url}"
-        if code == "NoSuchBucket" or (status == 404 and key is None):
-            return BucketNotFoundError(f"{where}: bucket {bucket!r} does not exist{endpoint}", f"s3://{bucket}",
-                                       status=status, code=code)
-        if status == 404:
-            return ObjectNotFoundError(f"{where}: no such object{endpoint}", where, status=status, code=code)
-        if status == 403 or code in _AUTH_CODES:
-            try:
-                creds = self._credentials()
-            except Exception:
-                creds = None
-            return S3AccessDeniedError(
-                f"{where}: access denied ({code}) for access key "
-                f"{mask_access_key(getattr(creds, 'access_key', None))} ({self.credentials.describe()}){endpoint}; "
-                "check the credentials and the bucket policy", where, status=status, code=code)
-        return S3HTTPError(f"{where}: HTTP {status} {code}" + (f": {message}" if message else "") + endpoint,
-                           where, status, code)
+    def _error(self, parser: ResponseParser, bucket: str, key: str | None, method: str,
+               byte_range: ByteRange | None) -> Exception:
+        """An error answer as our error naming s3://bucket/key (:func:`.s3_errors.translate_s3_error`)."""
+        code, message = parse_error_body(parser.body())
+        try:
+            access_key = getattr(self._credentials(), "access_key", None)
+        except Exception:  # the credentials themselves are the problem: the message says where they come from
+            access_key = None
+        return translate_s3_error(parser.status, code, message, bucket=bucket, key=key, endpoint_url=self.endpoint_url,
+                                  access_key=access_key, credential_source=self.credentials.describe(),
+                                  byte_range=byte_range, method=method)
 
     # -- sync -----------------------------------------------------------------------------------
-    def _sync_acquire(self, target: S3Target) -> _SyncConn:
-        self._check_pid()
+    def _sync_acquire(self, st: "_LeanProcessState", target: S3Target) -> SyncConn:
         addr = (target.host, target.port)
-        with self._lock:
-            idle = self._sync_idle.get(addr)
+        with st.lock:
+            idle = st.sync_idle.get(addr)
             if idle:
                 conn = idle.pop()
                 conn.reused = True
                 return conn
-        return _SyncConn(target.host, target.port, self._tls_context() if target.tls else None, self.connect_timeout)
+        return SyncConn(target.host, target.port, self._tls_context(st) if target.tls else None, self.connect_timeout)
 
-    def _sync_release(self, conn: _SyncConn, keep: bool) -> None:
+    def _sync_release(self, st: "_LeanProcessState", conn: SyncConn, keep: bool) -> None:
         if keep:
-            with self._lock:
-                idle = self._sync_idle.setdefault(conn.addr, [])
+            with st.lock:
+                idle = st.sync_idle.setdefault(conn.addr, [])
                 if len(idle) < self.max_pool_connections:
                     idle.append(conn)
                     return
         conn.close()
 
     def _request_once(self, method: str, bucket: str, key: str | None, query: dict[str, str] | None,
-                      headers: dict[str, str] | None, body: bytes | None, get: bool = False) -> _ResponseParser:
+                      headers: dict[str, str] | None, body: bytes | None, get: bool = False,
+                      byte_range: ByteRange | None = None) -> ResponseParser:
         limit = self.max_object_bytes if get else None
         target = self._targets.get(bucket) or self._target(bucket)
+        st = self._proc
         while True:
-            raw = self._build(target, method, key, query, headers, body)
-            conn = self._sync_acquire(target)
+            raw = self._build(st, target, method, key, query, headers, body)
+            conn = self._sync_acquire(st, target)
             try:
                 parser = conn.request(raw, body, method == "HEAD", self.read_timeout, limit)
-            except _TooLarge as exc:
+            except TooLarge as exc:
                 conn.close()
                 raise self._too_large(bucket, key, exc.size) from None
             except OSError as exc:
@@ -661,13 +274,14 @@ class LeanS3Client:
             except BaseException:
                 conn.close()
                 raise
-            self._sync_release(conn, parser.keep_alive)
-            return self._checked(parser, bucket, key, get)
+            self._sync_release(st, conn, parser.keep_alive)
+            return self._checked(parser, method, bucket, key, get, byte_range)
 
-    def _checked(self, parser: "_ResponseParser", bucket: str, key: str | None, get: bool) -> "_ResponseParser":
+    def _checked(self, parser: "ResponseParser", method: str, bucket: str, key: str | None, get: bool,
+                 byte_range: ByteRange | None) -> "ResponseParser":
         """Shared tail of the sync and async request paths: error statuses raise, GETs are verified."""
         if parser.status >= 300:
-            raise self._error(parser, bucket, key)
+            raise self._error(parser, bucket, key, method, byte_range)
         if get:
             self._verify(parser, bucket, key)
         return parser
@@ -679,16 +293,14 @@ class LeanS3Client:
         return ObjectTooLargeError(f"{where}: object of {size} bytes is larger than max_object_bytes="
                                    f"{self.max_object_bytes}; refusing to read it", key=where)
 
-    def _verify(self, parser: _ResponseParser, bucket: str, key: str | None) -> None:
+    def _verify(self, parser: ResponseParser, bucket: str, key: str | None) -> None:
         """With ``verify_etag``: a whole-object body must hash to its single-part (MD5) ETag."""
         if not self.verify_etag or parser.status != 200:
             return
-        from .s3 import check_etag
-
         check_etag(parser.body(), parser.headers.get("etag"), f"s3://{bucket}/{key}")
 
     def request(self, method: str, bucket: str, key: str | None = None, *, query: dict[str, str] | None = None,
-                headers: dict[str, str] | None = None, body: bytes | None = None) -> _ResponseParser:
+                headers: dict[str, str] | None = None, body: bytes | None = None) -> ResponseParser:
         """One signed request (blocking), retried per :attr:`retry`; error statuses raise."""
         return self.retry.call(lambda: self._request_once(method, bucket, key, query, headers, body),
                                self.retry_counters, refresh=self._refresh_credentials)
@@ -697,22 +309,15 @@ class LeanS3Client:
         if byte_range is not None and byte_range[1] == 0:
             return b""
         headers = _range_header(byte_range)
-        try:
-            parser = self.retry.call(lambda: self._request_once("GET", bucket, key, None, headers, None, True),
-                                     self.retry_counters, refresh=self._refresh_credentials)
-        except S3HTTPError as exc:
-            raise _range_error(exc, byte_range) from None
+        parser = self.retry.call(lambda: self._request_once("GET", bucket, key, None, headers, None, True, byte_range),
+                                 self.retry_counters, refresh=self._refresh_credentials)
         return _range_body(parser, byte_range, f"s3://{bucket}/{key}")
 
     def head_object(self, bucket: str, key: str) -> dict[str, str]:
         return self.request("HEAD", bucket, key).headers
 
     def put_object(self, bucket: str, key: str, data: bytes) -> None:
-        try:
-            self.request("PUT", bucket, key, body=bytes(data))
-        except ObjectNotFoundError:  # a 404 on PUT can only be the bucket
-            raise BucketNotFoundError(f"s3://{bucket}: bucket does not exist at {self.endpoint_url}",
-                                      f"s3://{bucket}") from None
+        self.request("PUT", bucket, key, body=bytes(data))  # a 404 on PUT names the bucket (translate_s3_error)
 
     def create_bucket(self, bucket: str) -> None:
         self.request("PUT", bucket, body=b"")
@@ -733,12 +338,11 @@ class LeanS3Client:
                 return
 
     # -- async ----------------------------------------------------------------------------------
-    async def _async_acquire(self, target: S3Target) -> _AsyncConn:
-        self._check_pid()
+    async def _async_acquire(self, st: "_LeanProcessState", target: S3Target) -> AsyncConn:
         loop = asyncio.get_running_loop()
-        pool = self._async_pools.get(loop)
+        pool = st.async_pools.get(loop)
         if pool is None:
-            pool = self._async_pools[loop] = _AsyncPool(loop)
+            pool = st.async_pools[loop] = _AsyncPool(loop)
         addr = (target.host, target.port)
         idle = pool.idle.get(addr)
         while idle:
@@ -747,14 +351,14 @@ class LeanS3Client:
                 conn.reused = True
                 return conn
         _, conn = await asyncio.wait_for(
-            loop.create_connection(lambda: _AsyncConn(loop, addr), target.host, target.port,
-                                   ssl=self._tls_context() if target.tls else None,
+            loop.create_connection(lambda: AsyncConn(loop, addr), target.host, target.port,
+                                   ssl=self._tls_context(st) if target.tls else None,
                                    server_hostname=target.host if target.tls else None),
             self.connect_timeout)
         return conn
 
-    def _async_release(self, conn: _AsyncConn, keep: bool) -> None:
-        pool = self._async_pools.get(conn.loop)
+    def _async_release(self, st: "_LeanProcessState", conn: AsyncConn, keep: bool) -> None:
+        pool = st.async_pools.get(conn.loop)
         if keep and not conn.broken and pool is not None:
             idle = pool.idle.setdefault(conn.addr, [])
             if len(idle) < self.max_pool_connections:
@@ -763,15 +367,17 @@ class LeanS3Client:
         conn.close()
 
     async def _arequest_once(self, method: str, bucket: str, key: str | None, query: dict[str, str] | None,
-                             headers: dict[str, str] | None, body: bytes | None, get: bool = False) -> _ResponseParser:
+                             headers: dict[str, str] | None, body: bytes | None, get: bool = False,
+                             byte_range: ByteRange | None = None) -> ResponseParser:
         limit = self.max_object_bytes if get else None
         target = self._targets.get(bucket) or self._target(bucket)
+        st = self._proc
         while True:
-            raw = self._build(target, method, key, query, headers, body)
-            conn = await self._async_acquire(target)
+            raw = self._build(st, target, method, key, query, headers, body)
+            conn = await self._async_acquire(st, target)
             try:
                 parser = await conn.request(raw, body, method == "HEAD", self.read_timeout, limit)
-            except _TooLarge as exc:
+            except TooLarge as exc:
                 conn.close()
                 raise self._too_large(bucket, key, exc.size) from None
             except OSError as exc:
@@ -782,12 +388,12 @@ class LeanS3Client:
             except BaseException:  # cancelled mid-request: the socket's state is unknown
                 conn.close()
                 raise
-            self._async_release(conn, parser.keep_alive)
-            return self._checked(parser, bucket, key, get)
+            self._async_release(st, conn, parser.keep_alive)
+            return self._checked(parser, method, bucket, key, get, byte_range)
 
     async def arequest(self, method: str, bucket: str, key: str | None = None, *,
                        query: dict[str, str] | None = None, headers: dict[str, str] | None = None,
-                       body: bytes | None = None) -> _ResponseParser:
+                       body: bytes | None = None) -> ResponseParser:
         """:meth:`request` on the running event loop."""
         return await self.retry.acall(lambda: self._arequest_once(method, bucket, key, query, headers, body),
                                       self.retry_counters, refresh=self._refresh_credentials)
@@ -796,25 +402,23 @@ class LeanS3Client:
         if byte_range is not None and byte_range[1] == 0:
             return b""
         headers = _range_header(byte_range)
-        try:
-            parser = await self.retry.acall(
-                lambda: self._arequest_once("GET", bucket, key, None, headers, None, True), self.retry_counters,
-                refresh=self._refresh_credentials)
-        except S3HTTPError as exc:
-            raise _range_error(exc, byte_range) from None
+        parser = await self.retry.acall(
+            lambda: self._arequest_once("GET", bucket, key, None, headers, None, True, byte_range), self.retry_counters,
+            refresh=self._refresh_credentials)
         return _range_body(parser, byte_range, f"s3://{bucket}/{key}")
 
     # -- cleanup --------------------------------------------------------------------------------
     def close(self) -> None:
         """Close this process's pooled sockets (the client stays usable; they reopen lazily)."""
-        if self._pid != os.getpid():
+        st = LeanS3Client._proc.peek(self)
+        if st is None:  # nothing was opened in this process
             return
-        with self._lock:
-            idle, self._sync_idle = self._sync_idle, {}
+        with st.lock:
+            idle, st.sync_idle = st.sync_idle, {}
         for conns in idle.values():
             for conn in conns:
                 conn.close()
-        for pool in list(self._async_pools.values()):
+        for pool in list(st.async_pools.values()):
             if pool.loop.is_closed():
                 continue
             idle_async, pool.idle = pool.idle, {}
@@ -826,7 +430,8 @@ class LeanS3Client:
 
     async def aclose(self) -> None:
         """Close the pooled connections of the running loop."""
-        pool = self._async_pools.get(asyncio.get_running_loop())
+        st = LeanS3Client._proc.peek(self)
+        pool = st.async_pools.get(asyncio.get_running_loop()) if st is not None else None
         if pool is not None:
             idle, pool.idle = pool.idle, {}
             for conns in idle.values():
@@ -846,13 +451,7 @@ def _range_header(byte_range: ByteRange | None) -> dict[str, str] | None:
     return {"range": f"bytes={offset}-{offset + length - 1}"}
 
 
-def _range_error(exc: S3HTTPError, byte_range: ByteRange | None) -> Exception:
-    if exc.status == 416 and byte_range is not None:
-        return EOFError(f"{exc.url}: byte range starting at {byte_range[0]} is beyond the end of the object")
-    return exc
-
-
-def _range_body(parser: _ResponseParser, byte_range: ByteRange | None, where: str) -> bytes:
+def _range_body(parser: ResponseParser, byte_range: ByteRange | None, where: str) -> bytes:
     data = parser.body()
     if byte_range is None:
         return data

@@ -16,7 +16,7 @@ from benchmarking.s3_server import RequestHook, S3Server, s3_error
 from concurrent_dataloader.storage import open_store
 from concurrent_dataloader.storage.retry import RetryPolicy
 from concurrent_dataloader.storage.s3 import BucketNotFoundError, ObjectNotFoundError, S3AccessDeniedError
-from concurrent_dataloader.storage.s3_http import LeanS3Store, S3Credentials, S3HTTPError, SigV4Signer
+from concurrent_dataloader.storage.s3_http import LeanS3Client, LeanS3Store, S3Credentials, S3HTTPError, SigV4Signer
 
 from bench_support import BENCH_CREDS
 
@@ -178,7 +178,7 @@ def test_pickles_without_sockets_and_works_after_fork(fast_server, fast_bucket):
     store.put("k", b"forked")
     assert store.get("k") == b"forked"  # the parent now has a pooled socket
     clone = pickle.loads(pickle.dumps(store))
-    assert not clone.client._sync_idle and clone.get("k") == b"forked"
+    assert LeanS3Client._proc.peek(clone.client) is None and clone.get("k") == b"forked"
     ctx = mp.get_context("fork")
     q = ctx.Queue()
     p = ctx.Process(target=_child_get, args=(store, q))
