@@ -122,6 +122,13 @@ def check_workers_not_stopped(stopped: bool, batches_owed: bool, yielded: int) -
             f"start a new epoch with iter(loader)")
 
 
+def _has_exited(worker: Any) -> bool:
+    """A worker process that exited, or a started thread worker (torch's thread workers) that ended."""
+    if hasattr(worker, "exitcode"):
+        return worker.exitcode is not None
+    return worker.ident is not None and not worker.is_alive()
+
+
 def replace_broken_persistent_iterator(loader: Any) -> None:
     """Forget the loader's persistent iterator when it cannot go on: it stopped its workers (a
     worker died, a timeout) or one of them has exited (torch's SIGCHLD handler may have raised
@@ -131,7 +138,7 @@ def replace_broken_persistent_iterator(loader: Any) -> None:
     if iterator is None:
         return
     if not _torch_compat.is_shut_down(iterator):
-        if not any(w.exitcode is not None for w in _torch_compat.workers(iterator)):
+        if not any(_has_exited(w) for w in _torch_compat.workers(iterator)):
             return
         _torch_compat.shutdown_iterator(iterator)
     _torch_compat.forget_persistent_iterator(loader)

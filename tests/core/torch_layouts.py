@@ -18,8 +18,10 @@ import collections
 import concurrent.futures as cf
 import functools
 import inspect
+import queue
 import re
 import textwrap
+import threading
 
 from torch.utils.data import dataloader as tdl
 from torch.utils.data._utils import worker as tworker
@@ -62,22 +64,34 @@ def _install(name: str, fn) -> None:
 
 
 class _ThreadingDataLoaderIter(tdl._BaseDataLoaderIter):
-    """Thread workers: each index batch is fetched by torch's own fetcher in one of
-    ``num_workers`` threads of this process; ``prefetch_factor`` batches per worker ahead."""
+    """Thread workers: ``num_workers`` threads of this process each fetch whole index batches with
+    torch's own fetcher; ``prefetch_factor`` batches per worker ahead, returned in order."""
 
     def __init__(self, loader) -> None:
         super().__init__(loader)
         self._shutdown = False
-        self._workers = []
-        self._pool = cf.ThreadPoolExecutor(self._num_workers, thread_name_prefix="fake-torch-thread-worker")
+        self._tasks: queue.SimpleQueue = queue.SimpleQueue()
+        self._workers = [threading.Thread(target=self._work, daemon=True, name=f"fake-torch-thread-worker-{i}")
+                         for i in range(self._num_workers)]
+        for w in self._workers:
+            w.start()
         self._ahead = (loader.prefetch_factor or 2) * self._num_workers
         self._futures: collections.deque = collections.deque()
         self._reset(loader, first_iter=True)
 
-    def _fetch(self, index):
+    def _work(self) -> None:
         fetcher = tdl._DatasetKind.create_fetcher(self._dataset_kind, self._dataset, self._auto_collation,
                                                   self._collate_fn, self._drop_last)
-        return fetcher.fetch(index)
+        while True:
+            task = self._tasks.get()
+            if task is None:
+                return
+            future, index = task
+            if future.set_running_or_notify_cancel():
+                try:
+                    future.set_result(fetcher.fetch(index))
+                except BaseException as exc:
+                    future.set_exception(exc)
 
     def _reset(self, loader, first_iter=False) -> None:
         super()._reset(loader, first_iter)
@@ -90,14 +104,20 @@ class _ThreadingDataLoaderIter(tdl._BaseDataLoaderIter):
                 index = self._next_index()
             except StopIteration:
                 break
-            self._futures.append(self._pool.submit(self._fetch, index))
+            future: cf.Future = cf.Future()
+            self._tasks.put((future, index))
+            self._futures.append(future)
         if not self._futures:
             raise StopIteration
         return self._futures.popleft().result()
 
     def _shutdown_workers(self) -> None:
-        self._shutdown = True
-        self._pool.shutdown(wait=False, cancel_futures=True)
+        if not self._shutdown:
+            self._shutdown = True
+            for f in getattr(self, "_futures", ()):
+                f.cancel()
+            for _ in self._workers:
+                self._tasks.put(None)
 
     def __del__(self) -> None:
         self._shutdown_workers()
