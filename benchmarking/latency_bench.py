@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import statistics
+import sys
 import time
 from pathlib import Path
 
@@ -72,28 +74,45 @@ def main(argv: list[str] | None = None) -> list[dict]:
     p.add_argument("--num-fetch-workers", type=int, default=16)
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--batch-pool", type=int, default=4)
+    p.add_argument("--rounds", type=int, default=3, help="interleaved rounds; samples/s is their median")
     p.add_argument("--out", type=Path, default=Path("benchmarking/results"))
     args = p.parse_args(argv)
 
     ds = LatencyDataset(args.samples, args.latency_ms / 1000)
     common = dict(batch_size=args.batch_size, num_workers=args.num_workers)
-    runs = [measure("torch", torch.utils.data.DataLoader(ds, **common), args.samples)]
-    for impl in ("threaded", "asyncio"):
-        loader = DataLoader(ds, **common, num_fetch_workers=args.num_fetch_workers, fetch_impl=impl,
-                            batch_pool=args.batch_pool)
-        runs.append(measure(f"ours-{impl}", loader, args.samples))
+    names = ["torch", "ours-threaded", "ours-asyncio"]
+    rounds: dict[str, list[dict]] = {n: [] for n in names}
+    for _ in range(max(1, args.rounds)):  # NOTE: interleaved, so load from elsewhere hits every loader
+        rounds["torch"].append(measure("torch", torch.utils.data.DataLoader(ds, **common), args.samples))
+        for impl in ("threaded", "asyncio"):
+            loader = DataLoader(ds, **common, num_fetch_workers=args.num_fetch_workers, fetch_impl=impl,
+                                batch_pool=args.batch_pool)
+            rounds[f"ours-{impl}"].append(measure(f"ours-{impl}", loader, args.samples))
+    runs = []
+    for n in names:
+        rates = [r["samples_per_s"] for r in rounds[n]]
+        runs.append({"loader": n, "samples": args.samples, "samples_per_s": statistics.median(rates),
+                     "min": min(rates), "max": max(rates), "rounds": rates,
+                     "seconds": statistics.median(r["seconds"] for r in rounds[n])})
 
     base = runs[0]["samples_per_s"]
     ideal = args.num_fetch_workers
     print(f"\nlatency {args.latency_ms:g} ms/sample, num_workers={args.num_workers}, "
           f"num_fetch_workers={args.num_fetch_workers}, batch_size={args.batch_size}, batch_pool={args.batch_pool}, "
           f"{args.samples} samples (ideal ratio {ideal}x)")
-    print(f"{'loader':<16}{'samples/s':>12}{'seconds':>10}{'vs torch':>10}   (samples/s from the first batch on)")
+    print(f"{'loader':<16}{'samples/s':>12}{'(min-max)':>16}{'vs torch':>10}   (samples/s from the first batch on, "
+          f"median of {args.rounds} rounds)")
     for r in runs:
         r["ratio"] = r["samples_per_s"] / base
-        print(f"{r['loader']:<16}{r['samples_per_s']:>12.1f}{r['seconds']:>10.2f}{r['ratio']:>9.1f}x")
+        spread = f"({r['min']:.0f}-{r['max']:.0f})"
+        print(f"{r['loader']:<16}{r['samples_per_s']:>12.1f}{spread:>16}{r['ratio']:>9.1f}x")
 
     args.out.mkdir(parents=True, exist_ok=True)
+    import json
+
+    (args.out / "latency_bench.json").write_text(json.dumps(
+        {"command": "python -m benchmarking.latency_bench " + " ".join(argv if argv is not None else sys.argv[1:]),
+         "settings": vars(args) | {"out": str(args.out)}, "runs": runs}, indent=1))
     try:
         import matplotlib
 

@@ -93,7 +93,7 @@ def format_table(result: dict[str, Any]) -> str:
             f"{_f(r.get('first_batch_s'), '>6.1f'):>6}{_f(r.get('loader_cpu_ms_per_img'), '>8.2f'):>8}"
             f"{_f(r.get('decode_ms_per_img'), '>7.2f'):>7}{_f(r.get('server_gets_per_s'), '>7.0f'):>7}")
     lines.append(f"img/s = median of {result.get('repeats', '?')} interleaved rounds (min-max), steady part of one "
-                 "epoch (after the first batch); x torch = vs stock torch at the same workers, storage and latency; "
+                 "epoch (from the end of the first round of k workers' batches to the last); x torch = vs stock torch at the same workers, storage and latency; "
                  "PSS MB = peak PSS of the loader's whole process tree; 1st s = time to first batch; CPU/img = CPU "
                  "ms per image of the process tree (steady part); decode = decode+transform micro-benchmark; GET/s "
                  "= the server's. sampling: global = exact global shuffle; buffer N = shuffle buffer; shards = shard "

@@ -133,15 +133,9 @@ class _Session:
             why = out.get("error") or (res["stderr"].strip().splitlines() or [f"exit code {res['rc']}"])[-1]
             return {**row, "status": f"error: {why[:300]}"}
         images, wall, first = int(out["images"]), float(out["wall_s"]), float(out["first_batch_s"])
-        steady_images = images - spec.batch_size
-        steady_s = wall - first
-        ips = steady_images / steady_s if steady_images > 0 and steady_s > 0 else images / wall
-        cpu = None
-        if out.get("t_first_batch") and out.get("t_end"):
-            window = cpu_between(res["samples"], float(out["t_first_batch"]), float(out["t_end"]))
-            if window is not None and steady_images > 0:
-                cpu = window / steady_images * 1e3
+        ips, cpu, window = _steady(spec, out, res["samples"])
         row.update(status="ok", images=images, seconds=round(wall, 3), img_per_s=ips, epoch_img_per_s=images / wall,
+                   steady_window=window,
                    first_batch_s=first, peak_pss_mb=res["peak_pss_mb"], sampling=out.get("sampling", "?"),
                    loader_cpu_ms_per_img=cpu if cpu is not None else res["cpu_total_s"] / images * 1e3,
                    cpu_whole_process=cpu is None, process_cpu_s=round(res["cpu_total_s"], 2))
@@ -153,6 +147,33 @@ class _Session:
                        server_cpu_ms_per_get=stats["server_cpu_s"] / gets * 1e3,
                        server_core_util=stats["server_cpu_s"] / wall, server_peak_in_flight=stats["peak_in_flight"])
         return row
+
+
+def _steady(spec: RunSpec, out: dict[str, Any], samples: list) -> tuple[float, float | None, str]:
+    """img/s and CPU ms/img of the steady part of the epoch, and which window was used.
+
+    NOTE [ Steady window ]: with k worker processes, batches come in rounds of k (each worker
+    delivers every k-th batch, and the k workers start together), so the first batch is followed by
+    a burst of k-1 more. The window therefore starts at the k-th batch (the end of the first round)
+    and runs to the last; a run needs at least two rounds for it (``images >= 2 k batch_size``).
+    Without per-batch times (an older runner) it starts at the first batch.
+    """
+    images, wall, first = int(out["images"]), float(out["wall_s"]), float(out["first_batch_s"])
+    arrivals = out.get("t_batches") or []
+    k = max(1, spec.num_workers)
+    if len(arrivals) > k:
+        (t0, n0), (t1, n1) = arrivals[k - 1], arrivals[-1]
+        window = f"batches {k}-{len(arrivals)}"
+    elif out.get("t_first_batch") and out.get("t_end"):
+        (t0, n0), (t1, n1) = (float(out["t_first_batch"]), spec.batch_size), (float(out["t_end"]), images)
+        window = "after the first batch"
+    else:
+        steady = images - spec.batch_size
+        return (steady / (wall - first) if steady > 0 and wall > first else images / wall), None, "whole epoch"
+    if n1 <= n0 or t1 <= t0:
+        return images / wall, None, "whole epoch"
+    cpu_s = cpu_between(samples, t0, t1)
+    return (n1 - n0) / (t1 - t0), (cpu_s / (n1 - n0) * 1e3 if cpu_s is not None else None), window
 
 
 def aggregate(spec: RunSpec, rounds: list[dict[str, Any]]) -> dict[str, Any]:

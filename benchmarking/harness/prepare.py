@@ -238,6 +238,7 @@ def peer_spec(spec: Any, endpoint: str, index: Path, workdir: Path, images: int,
     return {"endpoint": endpoint, "bucket": BUCKET, "region": CREDS["region_name"],
             "access_key": CREDS["aws_access_key_id"], "secret_key": CREDS["aws_secret_access_key"],
             "images_prefix": "", "index": str(index), "workdir": str(workdir / spec.loader),
+            "images_dir": str(index.parent),  # the local copy of the JPEGs: prepare need not download them
             "peer_prefix": f"peers/{spec.loader}-{images}x{shard}/", "shard_size": shard,
             "num_workers": spec.num_workers, "batch_size": spec.batch_size, "num_images": images,
             "shuffle_buffer": settings.shuffle_buffer, "seed": seed, "decoder": spec.decoder, "image_size": 224}

@@ -4,7 +4,7 @@ The harness runs every loader as a subprocess (peers too, in their venvs; see
 benchmarking/peers/README.md) and measures memory, CPU and the server from outside, so every row is
 measured the same way. This runner speaks the peers' contract: it iterates one epoch and prints one
 final JSON line ``{"images", "wall_s", "first_batch_s", "sampling", "t_start", "t_first_batch",
-"t_end"}`` on stdout.
+"t_end", "t_batches"}`` on stdout (``t_batches``: ``[time.time(), images so far]`` per batch).
 
 Its spec (written by :mod:`.grid`)::
 
@@ -44,6 +44,7 @@ def run_epoch(spec_doc: dict[str, Any]) -> dict[str, Any]:
         loader = build_loader(spec, dataset, seed, float(spec_doc.get("loader_timeout_s", 120.0)), images_wanted)
         images = batches = 0
         first = t_first = None
+        arrivals: list[tuple[float, int]] = []  # (time.time(), images so far) per batch
         # the fast path hands over uint8 batches; its Normalize runs on the batch, as training would
         normalize = _batch_normalize() if spec.decoder != "pil" and spec.transform == "normalize" else None
         it = iter(loader)
@@ -52,6 +53,7 @@ def run_epoch(spec_doc: dict[str, Any]) -> dict[str, Any]:
                 normalize(batch[0])
             images += len(batch[1])
             batches += 1
+            arrivals.append((round(time.time(), 4), images))
             if first is None:
                 first, t_first = time.perf_counter() - p_start, time.time()
             if 0 < images_wanted <= images:  # an IterableDataset: stop after the images asked for
@@ -68,7 +70,7 @@ def run_epoch(spec_doc: dict[str, Any]) -> dict[str, Any]:
         raise RuntimeError("the loader delivered no batch")
     return {"loader": spec.loader, "images": images, "batches": batches, "wall_s": round(wall, 4),
             "first_batch_s": round(first, 4), "sampling": sampling_of(spec, settings.shuffle_buffer),
-            "t_start": t_start, "t_first_batch": t_first, "t_end": t_end}
+            "t_start": t_start, "t_first_batch": t_first, "t_end": t_end, "t_batches": arrivals}
 
 
 def _batch_normalize() -> Any:

@@ -311,6 +311,7 @@ def timed_epoch(build: Callable[[], Iterable[Any]]) -> dict[str, Any]:
     images = batches = 0
     first = t_first = None
     seen: set[int] = set()
+    arrivals: list[tuple[float, int]] = []  # (time.time(), images so far) per batch: the harness's steady window
     for batch in loader:
         if first is None:
             first = time.perf_counter() - t0
@@ -318,6 +319,7 @@ def timed_epoch(build: Callable[[], Iterable[Any]]) -> dict[str, Any]:
         labels, indices = batch[1], batch[2]
         images += len(labels)
         batches += 1
+        arrivals.append((round(time.time(), 4), images))
         seen.update(int(i) for i in indices)
     wall = time.perf_counter() - t0
     t_end = time.time()
@@ -326,7 +328,7 @@ def timed_epoch(build: Callable[[], Iterable[Any]]) -> dict[str, Any]:
         close()
     return {"images": images, "distinct": len(seen), "batches": batches, "wall_s": round(wall, 4),
             "first_batch_s": round(first if first is not None else wall, 4),
-            "t_first_batch": t_first if t_first is not None else t_end, "t_end": t_end}
+            "t_first_batch": t_first if t_first is not None else t_end, "t_end": t_end, "t_batches": arrivals}
 
 
 def loader_kwargs(spec: Spec) -> dict[str, Any]:

@@ -260,3 +260,21 @@ def test_tail_throttle_targets_get_verdicts_over_rounds():
     assert checks["hedging: extra GETs at the server"]["status"] == "PASS"
     assert checks["adaptive: auto img/s / best fixed setting"]["status"] == "FAIL"
     assert checks["adaptive: 503s of the largest fixed setting / auto's"]["status"] == "PASS"
+
+
+def test_steady_window_starts_after_the_first_round_of_workers():
+    """k workers deliver their first batches in a burst: the window starts at the k-th batch."""
+    from benchmarking.harness.grid import _steady
+
+    spec = RunSpec(num_workers=4, batch_size=10)
+    # 4 batches at t=10 (a burst), then one batch every 0.5 s
+    arrivals = [(10.0 + 0.001 * i, 10 * (i + 1)) for i in range(4)] + [(10.003 + 0.5 * j, 40 + 10 * j)
+                                                                        for j in range(1, 9)]
+    out = {"images": 120, "wall_s": 15.0, "first_batch_s": 4.0, "t_batches": arrivals}
+    samples = [(0.0, 0.0, 0.0), (20.0, 20.0, 0.0)]  # 1 CPU second per second
+    ips, cpu_ms, window = _steady(spec, out, samples)
+    assert ips == pytest.approx(80 / 4.0) and window == "batches 4-12"
+    assert cpu_ms == pytest.approx(4.0 / 80 * 1e3)
+    # no per-batch times: from the first batch (contract fields), else the whole epoch
+    ips, _, window = _steady(spec, {"images": 120, "wall_s": 15.0, "first_batch_s": 5.0}, samples)
+    assert (ips, window) == (pytest.approx(110 / 10.0), "whole epoch")
