@@ -280,7 +280,10 @@ class _StoppedCheck:
             raise
 
     def _next_data(self) -> Any:
-        lifecycle.check_workers_not_stopped(is_shut_down(self), not self._cdl_sampler_exhausted,
+        # Parallel iterators (processes, or threads on torch's development branch) count the
+        # index batches they sent and received.
+        in_flight = getattr(self, "_rcvd_idx", 0) < getattr(self, "_send_idx", 0)
+        lifecycle.check_workers_not_stopped(is_shut_down(self), not self._cdl_sampler_exhausted or in_flight,
                                             num_yielded(self))
         return super()._next_data()  # type: ignore[misc]
 

@@ -57,6 +57,17 @@ with warnings.catch_warnings(record=True) as caught:
                 out["runs"][impl]["after_close"] = "StopIteration"
             except Exception as exc:
                 out["runs"][impl]["after_close"] = type(exc).__name__
+            it = iter(dl)  # again, closed after the sampler ran out but before every batch arrived
+            for _ in range(3):
+                next(it)
+            dl.close()
+            try:
+                next(it)
+                out["runs"][impl]["after_late_close"] = "batch"
+            except StopIteration:
+                out["runs"][impl]["after_late_close"] = "StopIteration"
+            except Exception as exc:
+                out["runs"][impl]["after_late_close"] = type(exc).__name__
         dl.close()
 out["warnings"] = [str(w.message) for w in caught
                    if issubclass(w.category, RuntimeWarning) and "concurrent_dataloader" in str(w.message)]
@@ -88,7 +99,7 @@ def test_new_layout_is_bound_and_keeps_read_ahead_across_batches(start, impls, w
         assert r["samples"] == 24, impl
         assert r["peak"] >= 4, impl  # a batch's samples load together ...
         assert r["peak_batches"] >= 2, impl  # ... and the next batch starts before the head is done
-        assert r["after_close"] == "WorkersStoppedError", impl
+        assert r["after_close"] == r["after_late_close"] == "WorkersStoppedError", impl
 
 
 @pytest.mark.parametrize("start,impls,workers", [("fork", "threaded,asyncio", 2), ("spawn", "asyncio", 1)])
@@ -101,7 +112,7 @@ def test_unknown_layout_imports_and_falls_back_to_getitems_with_one_warning(star
         assert r["samples"] == 24, impl  # the loader's stats still count every worker
         assert r["peak"] >= 4, impl  # concurrency inside each batch
         assert r["peak_batches"] == 1, impl  # what the warning says is lost
-        assert r["after_close"] == "WorkersStoppedError", impl
+        assert r["after_close"] == r["after_late_close"] == "WorkersStoppedError", impl
 
 
 def test_thread_workers_keep_their_semantics():
@@ -111,7 +122,7 @@ def test_thread_workers_keep_their_semantics():
     for impl, r in out["runs"].items():
         assert r["samples"] == 24, impl
         assert r["peak"] >= 4, impl
-        assert r["after_close"] == "WorkersStoppedError", impl
+        assert r["after_close"] == r["after_late_close"] == "WorkersStoppedError", impl
 
 
 def test_import_never_fails_without_a_worker_loop():

@@ -95,6 +95,7 @@ class _ThreadingDataLoaderIter(tdl._BaseDataLoaderIter):
 
     def _reset(self, loader, first_iter=False) -> None:
         super()._reset(loader, first_iter)
+        self._send_idx = self._rcvd_idx = 0  # index batches sent to / received from the workers
         while getattr(self, "_futures", None):
             self._futures.popleft().cancel()
 
@@ -107,9 +108,12 @@ class _ThreadingDataLoaderIter(tdl._BaseDataLoaderIter):
             future: cf.Future = cf.Future()
             self._tasks.put((future, index))
             self._futures.append(future)
+            self._send_idx += 1
         if not self._futures:
             raise StopIteration
-        return self._futures.popleft().result()
+        data = self._futures.popleft().result()
+        self._rcvd_idx += 1
+        return data
 
     def _shutdown_workers(self) -> None:
         if not self._shutdown:
