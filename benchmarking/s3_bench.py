@@ -390,6 +390,53 @@ def format_table(summary: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def check_lean_share(summary: list[dict[str, Any]], max_share: float) -> list[str]:
+    """The target: lean threads vs botocore, lean asyncio vs aiobotocore, per protocol (medians)."""
+    by = {(s["client"], s["protocol"]): s["cpu_ms_per_get"] for s in summary}
+    failures = []
+    for lean, ref in (("lean-sync", "botocore"), ("lean-async", "aiobotocore")):
+        for proto in sorted({s["protocol"] for s in summary}):
+            if (lean, proto) in by and (ref, proto) in by:
+                share = by[(lean, proto)] / by[(ref, proto)]
+                if share > max_share:
+                    failures.append(f"{lean} over {proto}: {share:.2f} of {ref}'s CPU per GET (target <= {max_share})")
+    return failures
+
+
+def plot_cpu(results: dict[str, Any], path: str) -> None:
+    """Bars of CPU ms per GET (median, min-max whiskers) per client, HTTP and HTTPS side by side."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from concurrent_dataloader._atomic import atomic_open
+
+    summary = results["summary"]
+    clients = list(dict.fromkeys(s["client"] for s in summary))
+    protocols = list(dict.fromkeys(s["protocol"] for s in summary))
+    by = {(s["client"], s["protocol"]): s for s in summary}
+    fig, ax = plt.subplots(figsize=(8, 4))
+    width = 0.8 / len(protocols)
+    for j, proto in enumerate(protocols):
+        rows = [by.get((c, proto)) for c in clients]
+        xs = [i + (j - (len(protocols) - 1) / 2) * width for i in range(len(clients))]
+        med = [r["cpu_ms_per_get"] if r else 0 for r in rows]
+        err = [[(r["cpu_ms_per_get"] - r["cpu_ms_min"]) if r else 0 for r in rows],
+               [(r["cpu_ms_max"] - r["cpu_ms_per_get"]) if r else 0 for r in rows]]
+        ax.bar(xs, med, width, yerr=err, capsize=3, label=proto.upper())
+    ax.set_xticks(range(len(clients)))
+    ax.set_xticklabels(clients, rotation=20, ha="right")
+    ax.set_ylabel("client CPU ms per GET")
+    ax.set_title(f"CPU per {results.get('size_kb', '?')} KB GET, {results.get('concurrency', '?')} in flight "
+                 f"(median of {results.get('repeats', 1)}, min-max)")
+    ax.legend()
+    fig.tight_layout()
+    with atomic_open(path, "wb") as f:
+        fig.savefig(f, format="png", dpi=110)
+    plt.close(fig)
+
+
 _FORK_CHILD = """
 import multiprocessing as mp, sys
 import obstore as obs
@@ -444,6 +491,12 @@ def main(argv: list[str] | None = None) -> int:
                    help="runs per client and protocol, interleaved; the table gives the median and min-max")
     p.add_argument("--ceiling-seconds", type=float, default=3.0)
     p.add_argument("--json", default=None, help="also write the results to this JSON file")
+    p.add_argument("--plot", default=None, help="also save a bar chart (PNG) of CPU per GET")
+    p.add_argument("--max-lean-share", type=float, default=None, metavar="F",
+                   help="exit 1 unless the lean client's median CPU per GET is at most F times botocore's "
+                        "(threads) and aiobotocore's (asyncio), per protocol (e.g. 0.35)")
+    p.add_argument("--replot", default=None, metavar="JSON",
+                   help="only draw --plot from an earlier --json result file (no measuring)")
     p.add_argument("--obstore-fork-check", action="store_true",
                    help="only check whether obstore works in a forked child once the parent used it")
     p.add_argument("--no-progress", action="store_true")
@@ -453,6 +506,16 @@ def main(argv: list[str] | None = None) -> int:
         return _child()
     if args.obstore_fork_check:
         return obstore_fork_check()
+    if args.replot:
+        if not args.plot:
+            p.error("--replot needs --plot")
+        results = json.loads(Path(args.replot).read_text())
+        print(format_table(results["summary"]))
+        plot_cpu(results, args.plot)
+        failures = check_lean_share(results["summary"], args.max_lean_share) if args.max_lean_share else []
+        for line in failures:
+            print(f"TARGET MISSED: {line}", file=sys.stderr)
+        return 1 if failures else 0
 
     from .s3_server import ServerProcess
 
@@ -496,6 +559,13 @@ def main(argv: list[str] | None = None) -> int:
         from concurrent_dataloader._atomic import atomic_write_bytes
 
         atomic_write_bytes(args.json, (json.dumps(results, indent=2) + "\n").encode())
+    if args.plot:
+        plot_cpu(results, args.plot)
+    if args.max_lean_share is not None:
+        failures = check_lean_share(results["summary"], args.max_lean_share)
+        for line in failures:
+            print(f"TARGET MISSED: {line}", file=sys.stderr)
+        return 1 if failures else 0
     return 0
 
 
