@@ -19,14 +19,14 @@ Images: the benchmark's synthetic painter (benchmarking.make_synthetic) at 500x3
 Each recipe runs ``--runs`` images per repeat, ``--repeats`` repeats: median ms/img and the
 min-max spread over the repeats.
 
-    python -m benchmarking.bench_decode                # ~1 min; writes docs/results/bench_decode.{json,png}
+    python -m benchmarking.bench_decode                # ~3 min; writes docs/bench_decode/bench_decode.{json,png}
     python -m benchmarking.bench_decode --runs 50 --repeats 3 --out /tmp/x.json   # quick look
 
 Exit status 1 when the fast train recipe (tv_train) costs more than 0.65x the PIL recipe with
 Normalize (pil_train_normalize) per image at 500x375 (the issue's CPU target, per image), at the
 default ``--size 224`` (other sizes explore the DCT experiment and are not checked).
 
-    python -m benchmarking.bench_decode --size 112 --runs 100 --repeats 3 --out docs/results/bench_decode_112.json
+    python -m benchmarking.bench_decode --size 112 --runs 100 --repeats 3 --out docs/bench_decode/bench_decode_112.json
 """
 
 from __future__ import annotations
@@ -179,7 +179,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--images", type=int, default=16, help="distinct images per set")
     p.add_argument("--size", type=int, default=224)
-    p.add_argument("--out", type=Path, default=Path("docs/results/bench_decode.json"))
+    p.add_argument("--out", type=Path, default=Path("docs/bench_decode/bench_decode.json"))
     args = p.parse_args(argv)
     torch.set_num_threads(1)
     torch.manual_seed(0)
