@@ -108,17 +108,18 @@ def read_epoch(dataset: Any, args: argparse.Namespace) -> tuple[float, float]:
     return rate, cpu_ms
 
 
-def best_of(datasets: dict[str, Any], args: argparse.Namespace) -> dict[str, tuple[float, float]]:
-    """Best rate and lowest CPU/image per source over ``repeats`` rounds; the sources take turns
-    within each round, so a burst of load from other processes hits all of them alike."""
-    best = {name: (0.0, float("inf")) for name in datasets}
+def median_of(datasets: dict[str, Any], args: argparse.Namespace) -> dict[str, tuple[float, float]]:
+    """Median rate and CPU/image per source over ``repeats`` rounds; the sources take turns within
+    each round, so a burst of load from other processes hits all of them alike."""
+    import statistics
+
+    seen: dict[str, list[tuple[float, float]]] = {name: [] for name in datasets}
     for ds in datasets.values():  # warm-up (lazy imports, per-file metadata, page cache): not timed
         read_epoch(ds, args)
     for _ in range(args.repeats):
         for name, ds in datasets.items():
-            rate, cpu = read_epoch(ds, args)
-            best[name] = (max(best[name][0], rate), min(best[name][1], cpu))
-    return best
+            seen[name].append(read_epoch(ds, args))
+    return {name: (statistics.median(r for r, _ in v), statistics.median(c for _, c in v)) for name, v in seen.items()}
 
 
 def dir_mb(path: Path) -> float:
@@ -139,7 +140,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--num-workers", type=int, default=0, help="DataLoader worker processes (read and convert)")
     p.add_argument("--num-fetch-workers", type=int, default=16)
     p.add_argument("--fetch-impl", choices=["threaded", "asyncio"], default="threaded")
-    p.add_argument("--repeats", type=int, default=3, help="rounds of read epochs (best per source is reported)")
+    p.add_argument("--repeats", type=int, default=3, help="rounds of read epochs (the median per source is reported)")
     p.add_argument("--formats", nargs="+", default=FORMATS, choices=FORMATS)
     p.add_argument("--s3", action="store_true", help="also read from a local S3 endpoint with injected latency")
     p.add_argument("--latency-ms", type=float, default=20.0)
@@ -173,7 +174,7 @@ def main(argv: list[str] | None = None) -> int:
                            progress=False, num_fetch_workers=args.num_fetch_workers, **kw).convert()
             rows.append({"source": fmt, "convert": len(items) / (time.perf_counter() - t0), "mb": dir_mb(work / fmt)})
             local[fmt] = spec.reader(work / fmt, transform=transform)
-        for row, (rate, cpu) in zip(rows, best_of(local, args).values()):
+        for row, (rate, cpu) in zip(rows, median_of(local, args).values()):
             row["local"], row["local_cpu"] = rate, cpu
 
         if args.s3:
@@ -191,7 +192,7 @@ def main(argv: list[str] | None = None) -> int:
                 remote: dict[str, Any] = {"jpeg folder": JpegFolder(store("src"), items, transform)}
                 for fmt in args.formats:
                     remote[fmt] = get_format(fmt).reader(f"s3://bench/{fmt}", transform=transform, store=store(fmt))
-                for row, (rate, cpu) in zip(rows, best_of(remote, args).values()):
+                for row, (rate, cpu) in zip(rows, median_of(remote, args).values()):
                     row["s3"], row["s3_cpu"] = rate, cpu
             finally:
                 server.terminate()
@@ -205,7 +206,7 @@ def main(argv: list[str] | None = None) -> int:
               "CPU ms/img is steadier)")
         print(f"{len(items)} images {args.width}x{args.height} JPEG, fixed formats at {shape[0]}x{shape[1]}, "
               f"batch {args.batch_size}, num_workers {args.num_workers}, num_fetch_workers {args.num_fetch_workers}, "
-              f"{args.fetch_impl}, best of {args.repeats}\n")
+              f"{args.fetch_impl}, median of {args.repeats} rounds\n")
         print("| " + " | ".join(cols) + " |")
         print("|" + "|".join("---" for _ in cols) + "|")
         for row in rows:

@@ -278,3 +278,21 @@ def test_steady_window_starts_after_the_first_round_of_workers():
     # no per-batch times: from the first batch (contract fields), else the whole epoch
     ips, _, window = _steady(spec, {"images": 120, "wall_s": 15.0, "first_batch_s": 5.0}, samples)
     assert (ips, window) == (pytest.approx(110 / 10.0), "whole epoch")
+
+
+def test_report_prints_the_published_tables(tmp_path, capsys):
+    from benchmarking import report
+
+    rows = [_prow("ours-asyncio", [400, 420, 380], pss=[300, 310, 290]), _prow("webdataset", [300, 300, 300]),
+            _prow("mosaic", [10, 10, 10], status="error: boom")]
+    for r in rows[:2]:
+        r["sampling"], r["server_gets_per_s"] = "exact global shuffle", 400.0
+    result = {"command": "python -m benchmarking.run --config x.yaml", "rows": rows, "repeats": 3,
+              "checks": ratios_and_checks(rows, {"vs_best_streaming_peer": 0.9})}
+    path = tmp_path / "results.json"
+    path.write_text(json.dumps(result, default=str))
+    assert report.main([str(path)]) == 0
+    text = capsys.readouterr().out
+    assert "| ours (asyncio) | 2 | 50 ms | 400 (380-420) | 300 |" in text
+    assert "| `mosaic` | 2 | 50 ms | error: boom |" in text
+    assert "**error**" in text  # the streaming-peer target: mosaic errored in a round
