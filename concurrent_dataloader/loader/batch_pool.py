@@ -58,7 +58,8 @@ class BatchPool:
         return len(self._pending) < self.capacity
 
     def submit(self, index: Any) -> None:
-        self._pending.append((index, self.fetcher.submit(_as_indices(index, self.auto_collation))))
+        self._pending.append((index, self.fetcher.submit(_as_indices(index, self.auto_collation),
+                                                         batched=self.auto_collation)))
 
     def fill(self, next_index: Callable[[], Any]) -> bool:
         """Submit index batches from ``next_index()`` while there is room; False once it raised

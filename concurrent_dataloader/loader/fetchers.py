@@ -80,10 +80,13 @@ class BatchHandle:
         self._watch: list[cf.Future] | None = None
         self._finished = 0  # NOTE: _watch[:_finished] are done; a poll only looks beyond them
 
-    def result(self, timeout: float | None = None) -> list[Any]:
+    def result(self, timeout: float | None = None) -> Any:
+        """The samples in index order; a dataset's own ``__getitems__`` result as it returned it
+        (torch hands that object to ``collate_fn`` unchanged: it need not be a list)."""
         head = [f.result(timeout) for f in self._head]
         if self._batch_future is not None:
-            return head + self._batch_future.result(timeout)
+            rest = self._batch_future.result(timeout)
+            return head + rest if head else rest
         return head + [f.result(timeout) for f in self._futures or []]
 
     def _all(self) -> list[cf.Future]:
@@ -320,11 +323,15 @@ class SampleFetcher:
     # A rising cost switches concurrency back on (hysteresis: *_EXIT > *_ENTER).
     # Latencies measured under full concurrency are inflated by queueing (an aiofiles read waits
     # ~4 ms behind 31 others), so the first batch starts with a probe: PROBE_SAMPLES samples
-    # loaded one at a time, the first one discarded (cold connections, lazy imports), the last
-    # one deciding the mode. A fetch/decode dataset is probed through the engine's own path (its
-    # async fetch may differ); a plain __getitem__ is the same function on every path, so it is
-    # probed in the calling thread, without a hand-off inflating its cost.
+    # loaded one at a time, the first one discarded (cold connections, lazy imports), the
+    # cheapest warm one deciding the mode. A fetch/decode dataset with its own async fetch is
+    # probed through the engine; a plain __getitem__ (or a blocking fetch_raw) is the same call on
+    # every path, so it is probed in the calling thread, without a hand-off inflating its cost.
     INLINE_ENTER, INLINE_EXIT, INLINE_MIN_SAMPLES, PROBE_SAMPLES = 0.2, 0.4, 32, 2
+    # Cheap samples are probed a few more times (up to PROBE_MAX, while the cheapest warm one
+    # cost under PROBE_MORE_BELOW) and the cheapest counts: on a busy machine one measurement of
+    # a few microseconds can be inflated many times by preemption.
+    PROBE_MAX, PROBE_MORE_BELOW = 8, 1e-3
     TRIVIAL_ENTER, TRIVIAL_EXIT = 50e-6, 150e-6
     # A fetch thread decodes a sample itself when decoding costs less than handing it over.
     DECODE_HERE_BELOW = 50e-6
@@ -404,18 +411,25 @@ class SampleFetcher:
         ds = _resolve(self.dataset, indices[0])[0]
         fetch_decode = self._uses_fetch_decode(ds)
         through_engine = fetch_decode and not self._sync_fetch_is_the_same(ds)
-        probes = indices[: self.PROBE_SAMPLES]
-        head = []
-        for n, i in enumerate(probes):
-            if n == len(probes) - 1:
-                self._fetch_ewma = self._decode_ewma = None  # only the last (warm) probe counts
+        head: list[cf.Future] = []
+        best: tuple[float, float | None] | None = None
+        for n, i in enumerate(indices[: self.PROBE_MAX]):
+            if n >= self.PROBE_SAMPLES and (best is None or best[0] + (best[1] or 0.0) >= self.PROBE_MORE_BELOW):
+                break
+            self._fetch_ewma = self._decode_ewma = None  # each probe measured alone
             if through_engine:
                 f = self._submit_one(i)
                 cf.wait([f])
             else:
                 f = self._load_here(i)
             head.append(f)
-        if self._fetch_ewma is not None and (self._decode_ewma is not None or not fetch_decode):
+            fetched, decoded = self._fetch_ewma, self._decode_ewma
+            if n == 0 or fetched is None or (fetch_decode and decoded is None):
+                continue  # the first (cold) probe, or a failed one, does not count
+            if best is None or fetched + (decoded or 0.0) < best[0] + (best[1] or 0.0):
+                best = (fetched, decoded)
+        self._fetch_ewma, self._decode_ewma = best if best is not None else (None, None)
+        if best is not None:
             self._observed = max(self._observed, self.INLINE_MIN_SAMPLES)
         return head
 
@@ -552,7 +566,9 @@ class SampleFetcher:
     _decode_gate: Any = contextlib.nullcontext()
     _decode_slots = 1
 
-    def submit(self, indices: Sequence[Any]) -> BatchHandle:
+    def submit(self, indices: Sequence[Any], batched: bool = True) -> BatchHandle:
+        """Start loading ``indices``. ``batched=False``: one sample without auto-collation, which
+        torch loads with ``dataset[index]``, never ``__getitems__``."""
         raise NotImplementedError
 
     def close(self) -> None:
@@ -601,10 +617,10 @@ class ThreadedFetcher(SampleFetcher):
         self._finalizer = weakref.finalize(self, _shutdown_pools, [self._pool, self._cpu_pool], dataset,
                                           self._stopping)
 
-    def submit(self, indices: Sequence[Any]) -> BatchHandle:
+    def submit(self, indices: Sequence[Any], batched: bool = True) -> BatchHandle:
         if self._closed:
             raise RuntimeError("fetcher is closed")
-        getitems = self._batched_getitems()
+        getitems = self._batched_getitems() if batched else None
         if getitems is not None:
             return BatchHandle(indices, batch_future=self._pool.submit(getitems, list(indices)))
         head = [] if self._probed else self._probe(indices)
@@ -759,10 +775,10 @@ class AsyncioFetcher(SampleFetcher):
         async with self._limiter:
             return await asyncio.get_running_loop().run_in_executor(self._io_pool, getitems, list(indices))
 
-    def submit(self, indices: Sequence[Any]) -> BatchHandle:
+    def submit(self, indices: Sequence[Any], batched: bool = True) -> BatchHandle:
         if self._closed:
             raise RuntimeError("fetcher is closed")
-        getitems = self._batched_getitems()
+        getitems = self._batched_getitems() if batched else None
         if getitems is not None:
             return BatchHandle(indices, batch_future=asyncio.run_coroutine_threadsafe(
                 self._getitems(getitems, indices), self._loop))

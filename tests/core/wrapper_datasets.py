@@ -87,3 +87,36 @@ class AugmentedConcurrentGetitems(ConcurrentGetitems):
 
 def instance_getitems(indices):
     return [torch.tensor([i + 3 * AUG]) for i in indices]
+
+
+class DictBatches(Dataset):
+    """Its __getitems__ returns one dict per batch, not a list: torch passes it to collate_fn as is."""
+
+    def __len__(self) -> int:
+        return 10
+
+    def __getitem__(self, i: int) -> int:
+        return i
+
+    def __getitems__(self, indices: list) -> dict:
+        return {"idx": torch.tensor(indices)}
+
+
+class Keyed(Dataset):
+    """A map-style dataset indexed by string keys (a sampler yields the keys)."""
+
+    def __init__(self) -> None:
+        self.d = {f"k{i}": i for i in range(6)}
+
+    def __len__(self) -> int:
+        return 6
+
+    def __getitem__(self, key: str) -> int:
+        return self.d[key]
+
+
+KEY_ORDER = ["k3", "k1", "k0", "k5", "k2", "k4"]
+
+
+def identity(batch):
+    return batch
