@@ -75,6 +75,7 @@ class _S3ProcessState:
         self.aio_session: Any = None
         # id(loop) -> (loop, task creating the client); a task so concurrent first calls share one client.
         self.aio_clients: dict[int, tuple[asyncio.AbstractEventLoop, asyncio.Task]] = {}
+        self.retired_aio: list[tuple[asyncio.AbstractEventLoop, asyncio.Task]] = []  # replaced after ExpiredToken
         self.retry_counters = RetryCounters()
         self.stats_lock = threading.Lock()
         self.stats = {"requests": 0, "bytes": 0}
@@ -228,6 +229,30 @@ class S3Store(ByteStore):
                 del clients[id(loop)]
             raise
 
+    def _refresh_sync(self) -> bool:
+        """After ``ExpiredToken``: the next attempt uses a new client, which resolves the keys
+        again (credential file, profile, chain). ``False`` for keys given in code: nothing to renew."""
+        if self.credentials.kind == "explicit":
+            return False
+        st = self._proc
+        with st.lock:
+            # NOTE: not closed: other fetch threads may still be using it; it goes with its last user.
+            st.sync_client = None
+        return True
+
+    def _refresh_async(self) -> bool:
+        """:meth:`_refresh_sync` for the running loop's aiobotocore client; the old one is closed
+        by :meth:`aclose` (coroutines on this loop may still be using it)."""
+        if self.credentials.kind == "explicit":
+            return False
+        st = self._proc
+        loop = asyncio.get_running_loop()
+        entry = st.aio_clients.pop(id(loop), None)
+        if entry is not None and entry[0] is loop:
+            st.retired_aio.append(entry)
+        st.aio_session = None  # a session caches the keys it resolved: the next client gets a new one
+        return True
+
     # ------------------------------------------------------------------ helpers
     def full_key(self, key: str) -> str:
         if not self.prefix:
@@ -334,11 +359,10 @@ class S3Store(ByteStore):
     def get(self, key: str, byte_range: ByteRange | None = None) -> bytes:
         if byte_range is not None and byte_range[1] == 0:
             return b""
-        client = self.client
         kwargs = dict(Bucket=self.bucket, Key=self.full_key(key), **self._range_kwargs(byte_range))
 
         def once() -> bytes:
-            response = client.get_object(**kwargs)
+            response = self.client.get_object(**kwargs)  # NOTE: self.client: a refresh replaces it
             body = response["Body"]
             try:
                 self._check_size(key, response)
@@ -349,17 +373,16 @@ class S3Store(ByteStore):
             return data
 
         with self._counted_get(key, byte_range) as got:
-            got.append(self.retry.call(once, self.retry_counters))
+            got.append(self.retry.call(once, self.retry_counters, refresh=self._refresh_sync))
         return self._check_length(key, got[0], byte_range)
 
     async def aget(self, key: str, byte_range: ByteRange | None = None) -> bytes:
         if byte_range is not None and byte_range[1] == 0:
             return b""
-        client = await self.aclient()
         kwargs = dict(Bucket=self.bucket, Key=self.full_key(key), **self._range_kwargs(byte_range))
 
         async def once() -> bytes:
-            response = await client.get_object(**kwargs)
+            response = await (await self.aclient()).get_object(**kwargs)  # a refresh replaces the client
             async with response["Body"] as stream:
                 self._check_size(key, response)
                 data = await stream.read()
@@ -367,12 +390,11 @@ class S3Store(ByteStore):
             return data
 
         with self._counted_get(key, byte_range) as got:
-            got.append(await self.retry.acall(once, self.retry_counters))
+            got.append(await self.retry.acall(once, self.retry_counters, refresh=self._refresh_async))
         return self._check_length(key, got[0], byte_range)
 
     def list(self, prefix: str = "") -> Iterator[str]:
         """Keys under ``prefix`` (relative to the store's prefix), sorted; ListObjectsV2 with pagination."""
-        client = self.client
         root = self.full_key("") if self.prefix else ""
         full = root + prefix
         keys: list[str] = []
@@ -382,7 +404,8 @@ class S3Store(ByteStore):
             if token:
                 kwargs["ContinuationToken"] = token
             try:
-                page = self.retry.call(lambda: client.list_objects_v2(**kwargs), self.retry_counters)
+                page = self.retry.call(lambda: self.client.list_objects_v2(**kwargs), self.retry_counters,
+                                       refresh=self._refresh_sync)
             except Exception as exc:
                 self._reraise(exc, None)
             keys.extend(obj["Key"][len(root):] for obj in page.get("Contents", ()))
@@ -394,27 +417,25 @@ class S3Store(ByteStore):
         return iter(sorted(keys))
 
     def put(self, key: str, data: bytes) -> None:
-        client = self.client
         try:
-            self.retry.call(lambda: client.put_object(Bucket=self.bucket, Key=self.full_key(key), Body=data),
-                            self.retry_counters)
+            self.retry.call(lambda: self.client.put_object(Bucket=self.bucket, Key=self.full_key(key), Body=data),
+                            self.retry_counters, refresh=self._refresh_sync)
         except Exception as exc:
             self._reraise(exc, key, method="PUT")  # a 404 on PUT can only be the bucket
 
     def size(self, key: str) -> int:
-        client = self.client
         try:
-            head = self.retry.call(lambda: client.head_object(Bucket=self.bucket, Key=self.full_key(key)),
-                                   self.retry_counters)
+            head = self.retry.call(lambda: self.client.head_object(Bucket=self.bucket, Key=self.full_key(key)),
+                                   self.retry_counters, refresh=self._refresh_sync)
         except Exception as exc:
             self._reraise(exc, key)
         return int(head["ContentLength"])
 
     def check(self) -> None:
         """Fail early: one HeadBucket to confirm the bucket exists and the credentials are accepted."""
-        client = self.client
         try:
-            self.retry.call(lambda: client.head_bucket(Bucket=self.bucket), self.retry_counters)
+            self.retry.call(lambda: self.client.head_bucket(Bucket=self.bucket), self.retry_counters,
+                            refresh=self._refresh_sync)
         except Exception as exc:
             self._reraise(exc, None)
 
@@ -437,14 +458,17 @@ class S3Store(ByteStore):
         if st is None:
             return
         loop = asyncio.get_running_loop()
+        entries = [e for e in st.retired_aio if e[0] is loop]
+        st.retired_aio = [e for e in st.retired_aio if e[0] is not loop and not e[0].is_closed()]
         entry = st.aio_clients.pop(id(loop), None)
-        if entry is None or entry[0] is not loop:
-            return
-        try:
-            client = await entry[1]
-        except Exception:
-            return
-        await client.__aexit__(None, None, None)
+        if entry is not None and entry[0] is loop:
+            entries.append(entry)
+        for _loop, task in entries:
+            try:
+                client = await task
+            except Exception:
+                continue
+            await client.__aexit__(None, None, None)
 
     def __repr__(self) -> str:
         endpoint = f", endpoint_url={self.endpoint_url!r}" if self.endpoint_url else ""

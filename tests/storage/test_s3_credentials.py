@@ -92,7 +92,11 @@ def test_expiring_keys_are_refreshed_in_every_worker(aws_home, recording_server,
         assert len(used) <= 8 < n_requests  # refreshed near expiry, not once per request
 
 
-def test_expired_token_refreshes_and_retries_once(aws_home, recording_server, bucket):
+@pytest.mark.parametrize("mode", ["sync", "async"])
+@pytest.mark.parametrize("kind", ["s3", "s3lean"])
+def test_expired_token_refreshes_and_retries_once(aws_home, recording_server, bucket, kind, mode):
+    import asyncio
+
     server, rec = recording_server
     profile, log = expiring_profile(aws_home, lifetime=3600)
     first: list[str] = []
@@ -103,8 +107,19 @@ def test_expired_token_refreshes_and_retries_once(aws_home, recording_server, bu
         return entry["key_id"] == first[0]
 
     rec.fail(first_key, 400, "ExpiredToken")  # every request with the first key id
-    store = LeanS3Store(bucket, endpoint_url=server.endpoint_url, profile_name=profile, retry=FAST)
-    assert store.get("k") == b"payload"
+    cls = LeanS3Store if kind == "s3lean" else S3Store
+    store = cls(bucket, endpoint_url=server.endpoint_url, profile_name=profile, retry=FAST)
+    if mode == "sync":
+        assert store.get("k") == b"payload"
+    else:
+        async def run():
+            try:
+                return await store.aget("k")
+            finally:
+                await store.aclose()
+
+        assert asyncio.run(run()) == b"payload"
+    store.close()
     assert [e["key_id"] for e in rec.seen][0] == first[0] != rec.seen[1]["key_id"]
     assert len(rec.seen) == 2 and len(issued(log)) == 2
     assert store.retry_counters.retries == 1
