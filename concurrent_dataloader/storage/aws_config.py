@@ -33,11 +33,22 @@ __all__ = ["CredentialSource", "CredentialProvider", "S3Target", "resolve_target
 _PROBE_KEYS = {"aws_access_key_id": "probe", "aws_secret_access_key": "probe"}
 
 
+# botocore's data loader (the parsed service models and endpoint rules: static files) is shared by
+# the sessions made here, so a store costs milliseconds to configure after the first one. Sessions
+# themselves are never shared: each reads the environment and config files afresh.
+_LOADER: list[Any] = []
+
+
 def botocore_session(profile_name: str | None = None) -> Any:
     """A fresh botocore session (``profile_name`` overrides ``AWS_PROFILE``)."""
     import botocore.session
 
-    return botocore.session.Session(profile=profile_name)
+    session = botocore.session.Session(profile=profile_name)
+    if _LOADER:
+        session.register_component("data_loader", _LOADER[0])
+    else:
+        _LOADER.append(session.get_component("data_loader"))
+    return session
 
 
 @dataclass(frozen=True)
