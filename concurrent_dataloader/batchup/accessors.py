@@ -20,7 +20,7 @@ from torch.utils.data import Dataset
 
 from .._closing import Closing
 from .._process_local import ProcessLocal, drop_process_local
-from ..loader.config import FetchConfig
+from ..loader.config import FetchConfig, FetchImpl
 from ..loader.fetchers import SampleFetcher, make_fetcher
 from . import data_source
 
@@ -49,7 +49,7 @@ class DatasetAccessor(Closing):
     ``with``) to stop this process's fetch threads.
     """
 
-    def __init__(self, dataset: Any, num_fetch_workers: int = 16, fetch_impl: str = "threaded",
+    def __init__(self, dataset: Any, num_fetch_workers: int = 16, fetch_impl: FetchImpl = "threaded",
                  collate: str | Callable[[list], Any] = "stack", field: int | None = None) -> None:
         if not (hasattr(dataset, "__len__") and hasattr(dataset, "__getitem__")):
             raise TypeError(f"dataset should be a map-style dataset (with __len__ and __getitem__), "

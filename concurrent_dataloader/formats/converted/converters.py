@@ -19,6 +19,7 @@ import numpy as np
 
 from ..._atomic import TEMP_MARKER, atomic_write_bytes, is_temp_name
 from ...errors import ConfigError, DataFormatError
+from ...loader.config import FetchImpl
 from ...loader.protocol import ConcurrentDataset
 from ._dist import DistContext, resolve_dist, split_files
 from .encoders import LOSSY_FORMATS, FixedImageEncoder, FlexibleImageEncoder, int_label
@@ -75,7 +76,7 @@ class Converter(ABC):
     def __init__(self, input_data: Any, output_path: str | os.PathLike, images_per_file: int, batch_size: int,
                  num_workers: int = 0, *, dist: bool = False, rank: int | None = None,
                  num_replicas: int | None = None, overwrite: bool = False, progress: bool = True,
-                 num_fetch_workers: int = 8, fetch_impl: str = "threaded",
+                 num_fetch_workers: int = 8, fetch_impl: FetchImpl = "threaded",
                  class_to_idx: dict[str, int] | None = None, dist_timeout: Any = None) -> None:
         for name, value, low in (("images_per_file", images_per_file, 1), ("batch_size", batch_size, 1),
                                  ("num_workers", num_workers, 0)):
