@@ -360,6 +360,7 @@ class S3Store(ByteStore):
         if byte_range is not None and byte_range[1] == 0:
             return b""
         kwargs = dict(Bucket=self.bucket, Key=self.full_key(key), **self._range_kwargs(byte_range))
+        _ = self.client  # NOTE: made before the retry clock starts (max_elapsed bounds requests, not set-up)
 
         def once() -> bytes:
             response = self.client.get_object(**kwargs)  # NOTE: self.client: a refresh replaces it
@@ -380,6 +381,7 @@ class S3Store(ByteStore):
         if byte_range is not None and byte_range[1] == 0:
             return b""
         kwargs = dict(Bucket=self.bucket, Key=self.full_key(key), **self._range_kwargs(byte_range))
+        _ = await self.aclient()  # made before the retry clock starts, as in get()
 
         async def once() -> bytes:
             response = await (await self.aclient()).get_object(**kwargs)  # a refresh replaces the client
@@ -395,6 +397,7 @@ class S3Store(ByteStore):
 
     def list(self, prefix: str = "") -> Iterator[str]:
         """Keys under ``prefix`` (relative to the store's prefix), sorted; ListObjectsV2 with pagination."""
+        _ = self.client  # made before the retry clock starts, as in get()
         root = self.full_key("") if self.prefix else ""
         full = root + prefix
         keys: list[str] = []
@@ -417,6 +420,7 @@ class S3Store(ByteStore):
         return iter(sorted(keys))
 
     def put(self, key: str, data: bytes) -> None:
+        _ = self.client  # made before the retry clock starts, as in get()
         try:
             self.retry.call(lambda: self.client.put_object(Bucket=self.bucket, Key=self.full_key(key), Body=data),
                             self.retry_counters, refresh=self._refresh_sync)
@@ -424,6 +428,7 @@ class S3Store(ByteStore):
             self._reraise(exc, key, method="PUT")  # a 404 on PUT can only be the bucket
 
     def size(self, key: str) -> int:
+        _ = self.client  # made before the retry clock starts, as in get()
         try:
             head = self.retry.call(lambda: self.client.head_object(Bucket=self.bucket, Key=self.full_key(key)),
                                    self.retry_counters, refresh=self._refresh_sync)
@@ -433,6 +438,7 @@ class S3Store(ByteStore):
 
     def check(self) -> None:
         """Fail early: one HeadBucket to confirm the bucket exists and the credentials are accepted."""
+        _ = self.client  # made before the retry clock starts, as in get()
         try:
             self.retry.call(lambda: self.client.head_bucket(Bucket=self.bucket), self.retry_counters,
                             refresh=self._refresh_sync)
