@@ -32,10 +32,12 @@ import logging
 import os
 import tempfile
 import threading
+import uuid
 import weakref
 from typing import Any, Callable, Sequence
 
 from . import telemetry
+from ._atomic import atomic_write_bytes
 from ._process_local import ProcessLocal, drop_process_local
 from .errors import ConfigError, DataFormatError, SampleLoadError
 from .loader.protocol import DatasetWrapper, describe_index, is_fetch_decode
@@ -104,8 +106,9 @@ class SkipErrors(DatasetWrapper):
         self.errors = errors
         self.max_skipped = max_skipped
         if report_file is None:
-            fd, path = tempfile.mkstemp(prefix="cdl-skipped-", suffix=".jsonl")
-            os.close(fd)
+            # A fresh file that follows the umask like every file we write (never mkstemp's 0o600).
+            path = os.path.join(tempfile.gettempdir(), f"cdl-skipped-{uuid.uuid4().hex}.jsonl")
+            atomic_write_bytes(path, b"")
             self.report_file = path
             # NOTE: only the creating process removes its temp file (workers get pickled copies).
             self._finalizer = weakref.finalize(self, _remove, path)

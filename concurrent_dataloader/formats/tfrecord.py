@@ -325,6 +325,12 @@ class TFRecordWriter:
 
 _CHUNK = 16 << 20
 
+# The largest record we read: a length field above it is refused before anything is allocated,
+# so a corrupt or hostile file (a compressed one can expand far beyond its size on disk) cannot
+# make a reader allocate gigabytes. Image records are far smaller; pass ``max_record_bytes`` to
+# read bigger ones.
+MAX_RECORD_BYTES = 256 << 20
+
 
 def _read_exact(f: BinaryIO, n: int) -> bytes:
     """Up to ``n`` bytes (fewer at end of file). Reads in chunks, so a corrupt header that claims
@@ -396,7 +402,7 @@ def _detect_compression(head: bytes) -> str:
 
 
 def read_tfrecords(source: str | os.PathLike | BinaryIO | bytes, verify: bool = True,
-                   name: str | None = None) -> Iterator[bytes]:
+                   name: str | None = None, max_record_bytes: int = MAX_RECORD_BYTES) -> Iterator[bytes]:
     """Yield the records of a TFRecord file (path, binary file object or bytes), uncompressed or
     compressed with GZIP or ZLIB (detected from the first bytes, as TensorFlow writes them).
 
@@ -405,11 +411,11 @@ def read_tfrecords(source: str | os.PathLike | BinaryIO | bytes, verify: bool = 
     (in the uncompressed stream for a compressed file).
     """
     if isinstance(source, (bytes, bytearray, memoryview)):
-        yield from read_tfrecords(io.BytesIO(bytes(source)), verify, name or "<bytes>")
+        yield from read_tfrecords(io.BytesIO(bytes(source)), verify, name or "<bytes>", max_record_bytes)
         return
     if isinstance(source, (str, os.PathLike)):
         with open(source, "rb") as f:
-            yield from read_tfrecords(f, verify, name or str(source))
+            yield from read_tfrecords(f, verify, name or str(source), max_record_bytes)
         return
     f = source
     name = name or getattr(f, "name", "<stream>")
@@ -423,7 +429,7 @@ def read_tfrecords(source: str | os.PathLike | BinaryIO | bytes, verify: bool = 
     else:
         stream = rest  # type: ignore[assignment]
     try:
-        yield from _read_frames(stream, verify, name, compression)
+        yield from _read_frames(stream, verify, name, compression, max_record_bytes)
     except (OSError, EOFError, zlib.error) as exc:
         if not compression or isinstance(exc, DataFormatError):
             raise
@@ -431,7 +437,8 @@ def read_tfrecords(source: str | os.PathLike | BinaryIO | bytes, verify: bool = 
                               f"({type(exc).__name__}: {exc})") from None
 
 
-def _read_frames(f: BinaryIO, verify: bool, name: str, compression: str) -> Iterator[bytes]:
+def _read_frames(f: BinaryIO, verify: bool, name: str, compression: str,
+                 max_record_bytes: int) -> Iterator[bytes]:
     number, offset = 0, 0
     kind = f" ({compression}-compressed; offsets are uncompressed)" if compression else ""
     while True:
@@ -444,6 +451,8 @@ def _read_frames(f: BinaryIO, verify: bool, name: str, compression: str) -> Iter
         (length,) = struct.unpack("<Q", header[:8])
         if verify and struct.unpack("<I", header[8:])[0] != masked_crc32c(header[:8]):
             raise DataFormatError(f"{where}: length CRC mismatch (corrupt file or not a TFRecord file)")
+        if length > max_record_bytes:
+            raise DataFormatError(f"{where}: record of {length} bytes is over max_record_bytes={max_record_bytes}")
         data = _read_exact(f, length)
         footer = _read_exact(f, 4)
         if len(data) < length or len(footer) < 4:

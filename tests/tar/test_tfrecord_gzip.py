@@ -80,3 +80,25 @@ def test_gzip_of_garbage_is_a_tfrecord_error(tmp_path):
     path.write_bytes(gzip.compress(b"this is not a tfrecord file at all"))
     with pytest.raises(DataFormatError, match=r"notrecords\.gz: record 0 .*gzip-compressed"):
         list(read_tfrecords(path))
+
+
+def test_a_gzip_bomb_record_is_refused_before_it_is_read(tmp_path):
+    """A valid header that claims a huge record (a gzip file expands far beyond its size on disk)
+    is refused by its length, naming the file and record, instead of allocating that many bytes."""
+    import struct
+
+    from concurrent_dataloader.formats.tfrecord import masked_crc32c
+
+    length = 1 << 40  # 1 TiB
+    head = struct.pack("<Q", length)
+    frame = head + struct.pack("<I", masked_crc32c(head)) + b"\0" * 1024
+    path = tmp_path / "bomb.tfrecord.gz"
+    path.write_bytes(gzip.compress(frame))
+    with pytest.raises(DataFormatError, match=r"bomb\.tfrecord\.gz: record 0 .*max_record_bytes"):
+        list(read_tfrecords(path))
+    small = tmp_path / "small.tfrecord"
+    with TFRecordWriter(small) as w:
+        w.write(b"x" * 100)
+    assert list(read_tfrecords(small, max_record_bytes=100)) == [b"x" * 100]
+    with pytest.raises(DataFormatError, match="max_record_bytes=99"):
+        list(read_tfrecords(small, max_record_bytes=99))
