@@ -25,7 +25,8 @@ import queue
 from typing import Any, Callable
 
 from ..errors import WorkersStoppedError
-from .fetchers import BatchHandle, SampleFetcher
+from .batch_handles import BatchHandle
+from .fetchers import SampleFetcher
 
 __all__ = ["BatchPool", "SamplerBatches", "WorkerIndexQueue", "PoolFetcher"]
 

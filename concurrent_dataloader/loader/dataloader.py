@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import warnings
 import weakref
+from operator import attrgetter
 from typing import Any, TypeVar
 
 import torch.utils.data
@@ -23,6 +24,11 @@ __all__ = ["DataLoader"]
 
 # As torch's: ``DataLoader[T]`` is generic in what a batch is (typing only; never checked).
 _T_co = TypeVar("_T_co", covariant=True)
+
+
+def _fetch_setting(name: str) -> Any:
+    """A read-only loader attribute read from its ``fetch_config``, the one carrier of the settings."""
+    return property(attrgetter(f"fetch_config.{name}"), doc=f"``fetch_config.{name}`` (read-only)")
 
 
 class DataLoader(torch.utils.data.DataLoader[_T_co]):
@@ -76,17 +82,9 @@ class DataLoader(torch.utils.data.DataLoader[_T_co]):
         self._timer = telemetry.EpochTimer()
         self._epoch_start_totals = self._stats_totals()
 
-    @property
-    def num_fetch_workers(self) -> int | str:
-        return self.fetch_config.num_fetch_workers
-
-    @property
-    def fetch_impl(self) -> FetchImpl:
-        return self.fetch_config.fetch_impl
-
-    @property
-    def batch_pool(self) -> int:
-        return self.fetch_config.batch_pool
+    num_fetch_workers: int | str = _fetch_setting("num_fetch_workers")
+    fetch_impl: FetchImpl = _fetch_setting("fetch_impl")
+    batch_pool: int = _fetch_setting("batch_pool")
 
     def _get_iterator(self) -> Any:
         if not _torch_compat.is_map_style(self):

@@ -18,28 +18,48 @@ from __future__ import annotations
 import os
 import threading
 
+from .._process_local import ProcessLocalValue
+
 __all__ = ["watch_parent", "POLL_S", "EXIT_CODE"]
 
 POLL_S = 0.25
 EXIT_CODE = 1
 
-_started_in: int | None = None  # pid of the process whose watchdog runs (a fork has none yet)
-
 
 def _watch(parent: int, poll_s: float) -> None:
+    # NOTE: os.getppid() here is not per-process state (NOTE [ Per-process state ] in
+    # _process_local.py answers "was this made by this process?"); it is the parent's liveness:
+    # a worker is re-parented when its parent dies, so its parent id changes.
     stop = threading.Event()  # never set: a daemon thread dies with its process
     while not stop.wait(poll_s):
         if os.getppid() != parent:
             os._exit(EXIT_CODE)
 
 
+class _Watchdog:
+    """This process's watchdog thread, started by the first :func:`watch_parent` call."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.thread: threading.Thread | None = None
+
+    def start(self, poll_s: float) -> None:
+        with self._lock:
+            if self.thread is not None:
+                return
+            # NOTE: the parent as it is now, as torch's ManagerWatchdog takes it. Not "ppid == 1
+            # means orphaned": in a container the training process itself may be PID 1.
+            parent = os.getppid()
+            self.thread = threading.Thread(target=_watch, args=(parent, poll_s), name="cdl-parent-watchdog",
+                                           daemon=True)
+            self.thread.start()
+
+
+# A worker forked from a process whose watchdog runs inherits the started _Watchdog, but not its
+# thread: per-process state (NOTE [ Per-process state ]) gives each process its own.
+_this_process: ProcessLocalValue[_Watchdog] = ProcessLocalValue(_Watchdog)
+
+
 def watch_parent(poll_s: float = POLL_S) -> None:
     """In a worker process: exit within ``poll_s`` of the parent's death. Idempotent per process."""
-    global _started_in
-    if _started_in == os.getpid():
-        return
-    _started_in = os.getpid()
-    # NOTE: the parent as it is now, as torch's ManagerWatchdog takes it. Not "ppid == 1 means
-    # orphaned": in a container the training process itself may be PID 1.
-    parent = os.getppid()
-    threading.Thread(target=_watch, args=(parent, poll_s), name="cdl-parent-watchdog", daemon=True).start()
+    _this_process.get().start(poll_s)
