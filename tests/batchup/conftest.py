@@ -1,4 +1,4 @@
-"""Fixtures for the batchup-compatible API tests (helpers live in batchup_helpers.py)."""
+"""Fixtures for the batchup-compatible API tests (helpers live in helpers.py)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import threading
 
 import pytest
 
-from batchup_helpers import PROXY_LATENCY_S, ProxyServer, RequestStats, make_proxy_handler
+from tests.batchup.helpers import PROXY_LATENCY_S, ProxyServer, RequestStats, make_proxy_handler
 
 
 @pytest.fixture

@@ -12,7 +12,7 @@ import pytest
 import torch
 from PIL import Image
 
-from batchup_helpers import PROXY_LATENCY_S, FileImageDataset, LeakCheck, S3BytesDataset, write_images
+from tests.batchup.helpers import PROXY_LATENCY_S, FileImageDataset, LeakCheck, S3BytesDataset, write_images
 from concurrent_dataloader import DataLoader
 from concurrent_dataloader.batchup import DatasetAccessor, DataSourceDataset, data_source, work_pool
 

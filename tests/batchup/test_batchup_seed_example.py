@@ -17,7 +17,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from batchup_helpers import FileImageDataset, write_images
+from tests.batchup.helpers import FileImageDataset, write_images
 from concurrent_dataloader.batchup import DatasetAccessor
 from concurrent_dataloader.batchup import data_source, work_pool
 

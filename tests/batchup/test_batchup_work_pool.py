@@ -14,7 +14,7 @@ import numpy as np
 import psutil
 import pytest
 
-from batchup_helpers import LeakCheck
+from tests.batchup.helpers import LeakCheck
 from concurrent_dataloader.batchup import data_source, work_pool
 
 # Accessors and functions live at module level so worker processes can unpickle them.

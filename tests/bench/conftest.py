@@ -8,7 +8,7 @@ import pytest
 
 from benchmarking.s3_server import S3Server
 
-from bench_support import BENCH_CREDS
+from tests.bench.helpers import BENCH_CREDS
 
 
 @pytest.fixture(scope="session")

@@ -20,7 +20,7 @@ from benchmarking import peers
 from benchmarking.peers import NOT_INSTALLED, PEERS, parse_result, peer_python, run_peer
 from benchmarking.s3_server import S3Server
 
-from bench_support import BENCH_CREDS
+from tests.bench.helpers import BENCH_CREDS
 
 ROOT = Path(__file__).resolve().parents[2]
 # the import each peer needs, to find one that this interpreter lacks

@@ -18,7 +18,7 @@ from concurrent_dataloader.storage.retry import RetryPolicy
 from concurrent_dataloader.storage.s3 import BucketNotFoundError, ObjectNotFoundError, S3AccessDeniedError
 from concurrent_dataloader.storage.s3_http import LeanS3Client, LeanS3Store, S3Credentials, S3HTTPError, SigV4Signer
 
-from bench_support import BENCH_CREDS
+from tests.bench.helpers import BENCH_CREDS
 
 
 def test_signature_matches_aws_documentation_example():
@@ -219,7 +219,7 @@ def test_moto_verifies_our_signatures_with_iam_auth_on():
     from moto.core.authorization import enable_iam_authentication
     from moto.server import ThreadedMotoServer
 
-    from bench_support import free_port_for_test
+    from tests.bench.helpers import free_port_for_test
 
     port = free_port_for_test()
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)

@@ -19,7 +19,7 @@ from botocore.exceptions import ClientError
 
 from benchmarking.s3_server import RequestHook, Response, S3Server, ServerProcess, s3_error
 
-from bench_support import BENCH_CREDS
+from tests.bench.helpers import BENCH_CREDS
 
 
 @pytest.fixture(params=["memory", "directory"])

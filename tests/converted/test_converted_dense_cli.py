@@ -13,7 +13,7 @@ from concurrent_dataloader.errors import ConfigError, DataFormatError
 from concurrent_dataloader.formats.converted import (DenseIpcConverter, DenseIpcReader, DenseMemmapConverter,
                                                      DenseMemmapReader, open_converted)
 from concurrent_dataloader.tools import convert as cli
-from cv_helpers import SHAPE, DenseDataset, write_folder
+from tests.converted.helpers import SHAPE, DenseDataset, write_folder
 
 
 @pytest.mark.parametrize("label_mode", ["L", "P"])

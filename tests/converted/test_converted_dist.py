@@ -14,7 +14,7 @@ import pytest
 from concurrent_dataloader.errors import ConfigError
 from concurrent_dataloader.formats.converted import get_format, open_converted
 from concurrent_dataloader.formats.converted._dist import resolve_dist, split_files
-from cv_helpers import SHAPE, converter_kwargs, write_folder
+from tests.converted.helpers import SHAPE, converter_kwargs, write_folder
 
 HERE = Path(__file__).parent
 

@@ -10,7 +10,7 @@ import pytest
 from concurrent_dataloader.errors import ConfigError, DataFormatError
 from concurrent_dataloader.formats.converted import (IpcReader, MemmapConverter, MemmapReader, OutputExistsError,
                                                      ParquetConverter, ResizeAndConvert, get_format, open_converted)
-from cv_helpers import ALL, FIXED, SHAPE, PILDataset, converter_kwargs, make_image, pil_dataset, write_folder
+from tests.converted.helpers import ALL, FIXED, SHAPE, PILDataset, converter_kwargs, make_image, pil_dataset, write_folder
 
 
 def _convert(fmt, src, out, **kw):

@@ -13,7 +13,7 @@ from torchvision.transforms import PILToTensor
 
 from concurrent_dataloader import DataLoader
 from concurrent_dataloader.formats.converted import DenseIpcConverter, DenseMemmapConverter, get_format, open_converted
-from cv_helpers import ALL, DenseDataset, converter_kwargs, write_folder
+from tests.converted.helpers import ALL, DenseDataset, converter_kwargs, write_folder
 
 N = 10
 

@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 from concurrent_dataloader.formats.converted import FORMATS, ResizeAndConvert, get_format, open_converted
-from cv_helpers import ALL, FIXED, SHAPE, PILDataset, converter_kwargs, encode, make_image, pil_dataset, pixels, write_folder
+from tests.converted.helpers import ALL, FIXED, SHAPE, PILDataset, converter_kwargs, encode, make_image, pil_dataset, pixels, write_folder
 
 N, PER_FILE, BATCH = 10, 4, 2  # files of 4, 4 and 2 samples
 

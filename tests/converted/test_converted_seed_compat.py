@@ -13,7 +13,7 @@ import pytest
 
 from concurrent_dataloader.formats.converted import (HDF5Reader, IpcReader, MemmapReader, ParquetConverter,
                                                      ParquetReader, TarReader)
-from cv_helpers import SHAPE, encode, make_image, upload_dir
+from tests.converted.helpers import SHAPE, encode, make_image, upload_dir
 
 N, PER = 7, 3  # files of 3, 3, 1
 LABELS = [i % 2 for i in range(N)]
@@ -150,7 +150,7 @@ def test_seed_parquet_single_row_group(tmp_path):
 
 
 def test_parquet_multi_row_groups_ours(tmp_path):
-    from cv_helpers import write_folder
+    from tests.converted.helpers import write_folder
 
     files = write_folder(tmp_path / "src", 10, fmt="JPEG", ext=".jpg")
     ParquetConverter(str(tmp_path / "src"), tmp_path / "out", 4, 2, row_group_size=3, progress=False).convert()

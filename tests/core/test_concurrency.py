@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from concurrent_dataloader import DataLoader, concurrent_getitems
-from core_datasets import SleepyDataset, SleepyFetchDecode
+from tests.core.datasets import SleepyDataset, SleepyFetchDecode
 
 
 def peaks(batches):

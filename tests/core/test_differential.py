@@ -9,7 +9,7 @@ import torch
 from torch.utils.data import BatchSampler, DistributedSampler, RandomSampler, SequentialSampler
 
 from concurrent_dataloader import DataLoader
-from core_datasets import RangeDataset, pair_collate
+from tests.core.datasets import RangeDataset, pair_collate
 
 
 def assert_same(a, b, path="batch"):

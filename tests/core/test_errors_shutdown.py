@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from concurrent_dataloader import DataLoader
-from core_datasets import FailingDataset, RangeDataset, SleepyDataset, StallDataset, SuicideDataset, bad_collate
-from leakcheck import assert_no_leaks, snapshot
+from tests.core.datasets import FailingDataset, RangeDataset, SleepyDataset, StallDataset, SuicideDataset, bad_collate
+from tests.core.leakcheck import assert_no_leaks, snapshot
 
 IMPLS = ["threaded", "asyncio"]
 

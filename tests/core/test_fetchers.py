@@ -12,7 +12,7 @@ import torch
 from concurrent_dataloader import ConcurrentGetitems, DataLoader, FetchConfig, concurrent_getitems
 from concurrent_dataloader.loader import fetchers
 from concurrent_dataloader import ConcurrentDataset
-from core_datasets import FailingDataset, RangeDataset, SleepyDataset
+from tests.core.datasets import FailingDataset, RangeDataset, SleepyDataset
 
 
 @pytest.mark.parametrize("fetch_impl", ["threaded", "asyncio"])

@@ -10,7 +10,7 @@ import concurrent_dataloader
 from concurrent_dataloader import DataLoader
 from concurrent_dataloader.dataloader_mod.dataloader import DataLoader as SeedDataLoader
 from concurrent_dataloader.loader.config import FETCH_IMPLS, FetchImpl
-from core_datasets import RangeDataset
+from tests.core.datasets import RangeDataset
 
 
 def make_loader() -> DataLoader[List[Tensor]]:  # evaluated at definition time (no __future__ import here)

@@ -15,8 +15,8 @@ import pytest
 import torch
 
 from concurrent_dataloader import DataLoader, WorkersStoppedError
-from core_datasets import RangeDataset
-from leakcheck import assert_no_leaks, snapshot
+from tests.core.datasets import RangeDataset
+from tests.core.leakcheck import assert_no_leaks, snapshot
 
 IMPLS = ["threaded", "asyncio"]
 N, BS = 22, 4

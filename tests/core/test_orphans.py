@@ -23,7 +23,7 @@ MAIN = textwrap.dedent("""
     import json, os, sys, time
     sys.path[:0] = [{here!r}, {root!r}]
     from concurrent_dataloader import DataLoader
-    from core_datasets import MarkedStall, PlainMarkedStall
+    from tests.core.datasets import MarkedStall, PlainMarkedStall
 
     if __name__ == "__main__":
         marker_dir, kind, fetch_impl, context, workers = sys.argv[1:6]

@@ -14,8 +14,8 @@ import torch
 from torch.utils.data import DistributedSampler
 
 from concurrent_dataloader import DataLoader
-from core_datasets import RangeDataset
-from test_differential import assert_same
+from tests.core.datasets import RangeDataset
+from tests.core.test_differential import assert_same
 
 N, BS = 30, 4  # 8 batches per epoch (last one short)
 
@@ -137,9 +137,9 @@ def test_resume_in_a_new_process(tmp_path):
     script = tmp_path / "train.py"
     script.write_text(textwrap.dedent(f"""
         import json, sys
-        sys.path.insert(0, {str(Path(__file__).parent)!r})
+        sys.path.insert(0, {str(Path(__file__).resolve().parents[2])!r})
         import torch
-        from test_resume import make_loader, ids
+        from tests.core.test_resume import make_loader, ids
         mode, state_file = sys.argv[1], sys.argv[2]
         torch.manual_seed(0 if mode == "first" else 77)
         dl = make_loader("asyncio", 2, persistent=True, use_generator=False)

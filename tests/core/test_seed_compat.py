@@ -5,9 +5,9 @@ from __future__ import annotations
 import torch
 import torch.utils.data._utils.worker as torch_worker
 
-from core_datasets import SleepyDataset
-from test_differential import assert_same
-from core_datasets import RangeDataset
+from tests.core.datasets import SleepyDataset
+from tests.core.test_differential import assert_same
+from tests.core.datasets import RangeDataset
 
 
 def test_seed_import_paths():

@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from concurrent_dataloader import DataLoader
-from core_datasets import CountingIterable, RangeDataset, WorkerInfoDataset, set_init_value
-from test_differential import assert_same
+from tests.core.datasets import CountingIterable, RangeDataset, WorkerInfoDataset, set_init_value
+from tests.core.test_differential import assert_same
 
 
 @pytest.mark.parametrize("fetch_impl", ["threaded", "asyncio"])

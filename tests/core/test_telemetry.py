@@ -7,7 +7,7 @@ import time
 import pytest
 
 from concurrent_dataloader import DataLoader, telemetry
-from core_datasets import FailingDataset, SleepyFetchDecode
+from tests.core.datasets import FailingDataset, SleepyFetchDecode
 
 
 @pytest.mark.parametrize("fetch_impl", ["threaded", "asyncio"])

@@ -30,7 +30,7 @@ with warnings.catch_warnings(record=True) as caught:
     import concurrent_dataloader
     from concurrent_dataloader import DataLoader
     from concurrent_dataloader.loader import _torch_compat
-    from core_datasets import SleepyDataset
+    from tests.core.datasets import SleepyDataset
     out = {"layout": _torch_compat.WORKER_LAYOUT, "runs": {}}
     for impl in impls:
         if start == "none":

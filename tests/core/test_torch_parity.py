@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from concurrent_dataloader import DataLoader
-from wrapper_datasets import KEY_ORDER, BatchedGetitems, DictBatches, Keyed, identity
+from tests.core.wrapper_datasets import KEY_ORDER, BatchedGetitems, DictBatches, Keyed, identity
 
 IMPLS = ["threaded", "asyncio"]
 

@@ -14,7 +14,7 @@ from torch.utils.data import ConcatDataset, Subset
 from concurrent_dataloader import DataLoader, SkipErrors
 from concurrent_dataloader.loader.protocol import is_fetch_decode
 from concurrent_dataloader.loader.wrappers import batched_getitems, resolve
-from wrapper_datasets import (AUG, AugmentedConcat, AugmentedConcurrentGetitems, AugmentedFetchDecode, BatchedGetitems,
+from tests.core.wrapper_datasets import (AUG, AugmentedConcat, AugmentedConcurrentGetitems, AugmentedFetchDecode, BatchedGetitems,
                               DecodeOverride, FetchDecode, GetitemOnlySplit, Plain, TrainSplit, instance_getitems)
 
 IMPLS = ["threaded", "asyncio"]

@@ -25,7 +25,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from cdl_ds_helpers import free_port, make_jpeg
+from tests.datasets.helpers import free_port, make_jpeg
 
 _ERROR_XML = ('<?xml version="1.0" encoding="UTF-8"?><Error><Code>{code}</Code><Message>{msg}</Message>'
               '<RequestId>proxy</RequestId></Error>')

@@ -10,7 +10,7 @@ import logging
 import warnings
 
 import pytest
-from cdl_ds_helpers import upload_folder
+from tests.datasets.helpers import upload_folder
 
 from concurrent_dataloader import ConfigError, DataFormatError, get_dataset
 from concurrent_dataloader.datasets import load_credential_file, parse_classes, resolve_credentials

@@ -9,7 +9,7 @@ import pickle
 
 import pytest
 import torchvision.transforms as T
-from cdl_ds_helpers import upload_folder
+from tests.datasets.helpers import upload_folder
 
 from concurrent_dataloader import DataLoader, get_dataset
 from concurrent_dataloader.storage.cache import DiskCache

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 import torchvision.transforms as T
-from cdl_ds_helpers import make_jpeg, upload_folder
+from tests.datasets.helpers import make_jpeg, upload_folder
 from PIL import Image
 
 from benchmarking.misc.init_benchmarking import get_dataset as seed_get_dataset

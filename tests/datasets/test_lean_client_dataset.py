@@ -6,7 +6,7 @@ import pytest
 import torch
 import torchvision.transforms.functional as F
 
-from cdl_ds_helpers import upload_folder
+from tests.datasets.helpers import upload_folder
 from concurrent_dataloader import DataLoader, get_dataset
 from concurrent_dataloader.storage import LeanS3Store, S3Store
 

@@ -7,7 +7,7 @@ import tempfile
 import pytest
 
 from benchmarking.faults import FaultInjector, fault_server
-from rel_helpers import FIGURES, LEAK_LOG, warm_up_multiprocessing
+from tests.reliability.helpers import FIGURES, LEAK_LOG, warm_up_multiprocessing
 
 
 @pytest.fixture(scope="session", autouse=True)

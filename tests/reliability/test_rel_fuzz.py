@@ -38,7 +38,7 @@ from concurrent_dataloader.formats.converted.base import parse_metadata
 from concurrent_dataloader.formats.shards import iter_records, split_key
 from concurrent_dataloader.formats.tar_archive import ImageArchive, load_labels_file
 from concurrent_dataloader.formats.tfrecord import TFRecordWriter, decode_example, encode_example, read_tfrecords
-from rel_helpers import FIGURES, SECRET, jpeg
+from tests.reliability.helpers import FIGURES, SECRET, jpeg
 
 _COMMON = dict(deadline=None, database=None, derandomize=True,
                suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture,

@@ -17,7 +17,7 @@ import pytest
 import torch.utils.data
 
 from concurrent_dataloader import DataLoader
-from rel_helpers import IMPLS, ChecksumDataset, Objects, Resources, make_store, put_images
+from tests.reliability.helpers import IMPLS, ChecksumDataset, Objects, Resources, make_store, put_images
 
 N = 64
 
@@ -100,7 +100,7 @@ def test_worker_sigkill_mid_epoch(env, store, fetch_impl):
     _raises(RuntimeError, "killed by signal|exited unexpectedly", _drain, loader)
     del loader
     res.wait_back(before, timeout=5)
-    res.reap_torch_probe_files()  # torch's own race on worker death, not ours (see rel_helpers)
+    res.reap_torch_probe_files()  # torch's own race on worker death, not ours (see tests/reliability/helpers.py)
     res.assert_back(before)
 
 
@@ -252,7 +252,7 @@ def test_persistent_workers_restart_after_a_worker_died(env, tmp_path):
     loader = DataLoader(ds, batch_size=4, num_workers=2, persistent_workers=True, fetch_impl="threaded",
                         num_fetch_workers=4, timeout=30)
     _raises(RuntimeError, "killed by signal|exited unexpectedly", _drain, loader)
-    res.reap_torch_probe_files()  # torch's own race on worker death, not ours (see rel_helpers)
+    res.reap_torch_probe_files()  # torch's own race on worker death, not ours (see tests/reliability/helpers.py)
     indices = [int(i) for idx, _sums, _labels in loader for i in idx]
     assert indices == list(range(N))
     loader.close()

@@ -10,7 +10,7 @@ import pytest
 from concurrent_dataloader import DataLoader
 from concurrent_dataloader.errors import ObjectTooLargeError, SampleLoadError
 from concurrent_dataloader.storage.s3 import ObjectNotFoundError, S3AccessDeniedError
-from rel_helpers import IMPLS, STORES, checksum_dataset, collect, put_images
+from tests.reliability.helpers import IMPLS, STORES, checksum_dataset, collect, put_images
 
 BAD = 13
 

@@ -22,7 +22,7 @@ import pytest
 from concurrent_dataloader import DataLoader
 from concurrent_dataloader.datasets import get_dataset
 from concurrent_dataloader.errors import DataFormatError, SampleLoadError
-from rel_helpers import CREDS, SECRET, ChecksumDataset, checksum_dataset, collect, jpeg, make_store, put_images
+from tests.reliability.helpers import CREDS, SECRET, ChecksumDataset, checksum_dataset, collect, jpeg, make_store, put_images
 
 REPO = Path(__file__).resolve().parents[2]
 PACKAGE = REPO / "concurrent_dataloader"

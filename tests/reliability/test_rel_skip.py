@@ -11,7 +11,7 @@ import torch
 from concurrent_dataloader import DataLoader
 from concurrent_dataloader.errors import ConfigError
 from concurrent_dataloader.skip import SkipErrors, SkippedSample, skip_collate
-from rel_helpers import IMPLS, checksum_dataset, put_images, record
+from tests.reliability.helpers import IMPLS, checksum_dataset, put_images, record
 
 N = 48
 MISSING, DENIED, CORRUPT = 5, 17, 30

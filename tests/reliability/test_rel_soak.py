@@ -11,7 +11,7 @@ import psutil
 import pytest
 
 from concurrent_dataloader import DataLoader
-from rel_helpers import FIGURES, checksum_dataset, put_images, record
+from tests.reliability.helpers import FIGURES, checksum_dataset, put_images, record
 
 N = 240
 EPOCHS = 100

@@ -8,7 +8,7 @@ import random
 import pytest
 
 from concurrent_dataloader import DataLoader
-from rel_helpers import IMPLS, STORES, checksum_dataset, collect, put_images, record
+from tests.reliability.helpers import IMPLS, STORES, checksum_dataset, collect, put_images, record
 
 N = 120
 MIX = {"slowdown": 1, "internal_error": 1, "reset": 1, "truncate": 1}  # the 5% mix
@@ -113,7 +113,7 @@ def test_retries_are_bounded_in_time(fault_srv, injector, store):
     import time
 
     from concurrent_dataloader.storage.retry import RetryPolicy, classify_error
-    from rel_helpers import make_store, sha
+    from tests.reliability.helpers import make_store, sha
 
     objs = put_images(fault_srv, "bkt", 2)
     injector.on_key(objs.keys[1], "slowdown")

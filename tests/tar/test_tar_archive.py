@@ -11,7 +11,7 @@ import warnings
 import numpy as np
 import pytest
 import torch
-from cdl_tar_helpers import class_members, jpeg, pixels, tar_bytes, write_tar
+from tests.tar.helpers import class_members, jpeg, pixels, tar_bytes, write_tar
 
 from concurrent_dataloader import DataFormatError, DataLoader
 from concurrent_dataloader.formats.tar_archive import ImageArchive, load_labels_file

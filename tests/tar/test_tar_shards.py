@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from cdl_tar_helpers import jpeg, pixels, tar_bytes, write_tar
+from tests.tar.helpers import jpeg, pixels, tar_bytes, write_tar
 
 from concurrent_dataloader import DataFormatError, DataLoader
 from concurrent_dataloader.formats.shards import (AisDataset, ImageRecordDecoder, TarShardDataset, TarShardSource,

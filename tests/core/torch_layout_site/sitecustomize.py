@@ -4,6 +4,6 @@ patches torch into the layout named by ``CDL_TORCH_LAYOUT`` before anything else
 import os
 
 if os.environ.get("CDL_TORCH_LAYOUT"):
-    import torch_layouts
+    import tests.core.torch_layouts as torch_layouts
 
     torch_layouts.apply(os.environ["CDL_TORCH_LAYOUT"])
