@@ -24,7 +24,7 @@ __all__ = ["format_table", "format_checks", "write_results", "main"]
 RESULTS = Path(__file__).resolve().parent / "results"
 
 _COLUMNS = ["storage", "format", "latency_ms", "loader", "decoder", "transform", "s3_client", "num_workers",
-            "num_fetch_workers", "batch_pool", "prefetch_shards", "batch_size", "prefetch_factor", "images", "status",
+            "num_fetch_workers", "batch_pool", "prefetch_shards", "batch_size", "prefetch_factor", "images", "images_read", "status",
             "rounds_ok", "sampling", "img_per_s", "img_per_s_min", "img_per_s_max", "img_per_s_rounds",
             "epoch_img_per_s", "ratio_vs_torch", "peak_pss_mb", "first_batch_s", "loader_cpu_ms_per_img",
             "client_ms_per_img", "decode_ms_per_img", "other_ms_per_img", "server_gets_per_s", "server_cpu_ms_per_img",

@@ -29,7 +29,7 @@ __all__ = ["run_benchmark", "aggregate", "REPO_ROOT"]
 REPO_ROOT = Path(__file__).resolve().parents[2]
 _ROUND_METRICS = ("img_per_s", "epoch_img_per_s", "first_batch_s", "peak_pss_mb", "loader_cpu_ms_per_img",
                   "server_gets_per_s", "server_cpu_ms_per_img", "server_cpu_ms_per_get", "server_core_util",
-                  "server_gets", "server_peak_in_flight", "images", "seconds")
+                  "server_gets", "server_peak_in_flight", "images_read", "seconds")
 
 
 def _env() -> dict[str, str]:
@@ -134,7 +134,7 @@ class _Session:
             return {**row, "status": f"error: {why[:300]}"}
         images, wall, first = int(out["images"]), float(out["wall_s"]), float(out["first_batch_s"])
         ips, cpu, window = _steady(spec, out, res["samples"])
-        row.update(status="ok", images=images, seconds=round(wall, 3), img_per_s=ips, epoch_img_per_s=images / wall,
+        row.update(status="ok", images_read=images, seconds=round(wall, 3), img_per_s=ips, epoch_img_per_s=images / wall,
                    steady_window=window,
                    first_batch_s=first, peak_pss_mb=res["peak_pss_mb"], sampling=out.get("sampling", "?"),
                    loader_cpu_ms_per_img=cpu if cpu is not None else res["cpu_total_s"] / images * 1e3,

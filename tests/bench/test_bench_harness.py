@@ -296,3 +296,11 @@ def test_report_prints_the_published_tables(tmp_path, capsys):
     assert "| ours (asyncio) | 2 | 50 ms | 400 (380-420) | 300 |" in text
     assert "| `mosaic` | 2 | 50 ms | error: boom |" in text
     assert "**error**" in text  # the streaming-peer target: mosaic errored in a round
+
+
+def test_aggregate_keeps_the_grid_point():
+    """A row's spec fields stay the grid point's (a round's measured image count must not overwrite
+    ``images``), so checks can name the points to re-measure."""
+    spec = RunSpec(loader="torch", num_workers=8, images=0).validate().normalized()
+    row = aggregate(spec, [{"round": 0, "status": "ok", "img_per_s": 10.0, "images_read": 2000}])
+    assert spec_of(row) == spec and row["images_read"] == 2000
