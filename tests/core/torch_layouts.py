@@ -122,6 +122,12 @@ class _ThreadingDataLoaderIter(tdl._BaseDataLoaderIter):
                 f.cancel()
             for _ in self._workers:
                 self._tasks.put(None)
+            # Join them, as a real thread-worker iterator must: a daemon thread still inside torch
+            # when the interpreter exits aborts the process ("terminate called without an active
+            # exception").
+            for w in self._workers:
+                if w is not threading.current_thread():
+                    w.join(timeout=10)
 
     def __del__(self) -> None:
         self._shutdown_workers()
