@@ -14,6 +14,7 @@ speed-up over reading the JPEG folder. Numbers are for this machine and this sma
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shutil
 import subprocess
@@ -108,7 +109,7 @@ def read_epoch(dataset: Any, args: argparse.Namespace) -> tuple[float, float]:
     return rate, cpu_ms
 
 
-def median_of(datasets: dict[str, Any], args: argparse.Namespace) -> dict[str, tuple[float, float]]:
+def median_of(datasets: dict[str, Any], args: argparse.Namespace) -> dict[str, tuple[float, float, list[float]]]:
     """Median rate and CPU/image per source over ``repeats`` rounds; the sources take turns within
     each round, so a burst of load from other processes hits all of them alike."""
     import statistics
@@ -119,7 +120,12 @@ def median_of(datasets: dict[str, Any], args: argparse.Namespace) -> dict[str, t
     for _ in range(args.repeats):
         for name, ds in datasets.items():
             seen[name].append(read_epoch(ds, args))
-    return {name: (statistics.median(r for r, _ in v), statistics.median(c for _, c in v)) for name, v in seen.items()}
+    return {name: (statistics.median(r for r, _ in v), statistics.median(c for _, c in v), [r for r, _ in v])
+            for name, v in seen.items()}
+
+
+def _spread(median: float, rounds: list[float]) -> str:
+    return f"{median:.0f} ({min(rounds):.0f}-{max(rounds):.0f})"
 
 
 def dir_mb(path: Path) -> float:
@@ -147,6 +153,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--s3-client", choices=["botocore", "lean"], default="botocore",
                    help="S3Store (botocore/aiobotocore) or LeanS3Store (less client CPU per GET)")
     p.add_argument("--workdir", default=None, help="keep data here (default: a temporary directory)")
+    p.add_argument("--json", default=None, help="also write the rows, every round's rate and the settings here")
     args = p.parse_args(argv)
 
     from torchvision.transforms import Compose, PILToTensor, Resize
@@ -174,8 +181,8 @@ def main(argv: list[str] | None = None) -> int:
                            progress=False, num_fetch_workers=args.num_fetch_workers, **kw).convert()
             rows.append({"source": fmt, "convert": len(items) / (time.perf_counter() - t0), "mb": dir_mb(work / fmt)})
             local[fmt] = spec.reader(work / fmt, transform=transform)
-        for row, (rate, cpu) in zip(rows, median_of(local, args).values()):
-            row["local"], row["local_cpu"] = rate, cpu
+        for row, (rate, cpu, rounds) in zip(rows, median_of(local, args).values()):
+            row["local"], row["local_cpu"], row["local_rounds"] = rate, cpu, rounds
 
         if args.s3:
             server, endpoint = start_s3_server(work, args.latency_ms)
@@ -192,8 +199,8 @@ def main(argv: list[str] | None = None) -> int:
                 remote: dict[str, Any] = {"jpeg folder": JpegFolder(store("src"), items, transform)}
                 for fmt in args.formats:
                     remote[fmt] = get_format(fmt).reader(f"s3://bench/{fmt}", transform=transform, store=store(fmt))
-                for row, (rate, cpu) in zip(rows, median_of(remote, args).values()):
-                    row["s3"], row["s3_cpu"] = rate, cpu
+                for row, (rate, cpu, rounds) in zip(rows, median_of(remote, args).values()):
+                    row["s3"], row["s3_cpu"], row["s3_rounds"] = rate, cpu, rounds
             finally:
                 server.terminate()
                 server.wait(timeout=10)
@@ -211,10 +218,18 @@ def main(argv: list[str] | None = None) -> int:
         print("|" + "|".join("---" for _ in cols) + "|")
         for row in rows:
             cells = [row["source"], "-" if row["convert"] is None else f"{row['convert']:.0f}", f"{row['mb']:.1f}",
-                     f"{row['local']:.0f}", f"{row['local'] / rows[0]['local']:.2f}", f"{row['local_cpu']:.2f}"]
+                     _spread(row["local"], row["local_rounds"]), f"{row['local'] / rows[0]['local']:.2f}",
+                     f"{row['local_cpu']:.2f}"]
             if args.s3:
-                cells += [f"{row['s3']:.0f}", f"{row['s3'] / rows[0]['s3']:.2f}", f"{row['s3_cpu']:.2f}"]
+                cells += [_spread(row["s3"], row["s3_rounds"]), f"{row['s3'] / rows[0]['s3']:.2f}", f"{row['s3_cpu']:.2f}"]
             print("| " + " | ".join(cells) + " |")
+        if args.json:
+            from concurrent_dataloader._atomic import atomic_write_bytes
+
+            settings = {k: v for k, v in vars(args).items() if k not in ("json", "workdir")}
+            atomic_write_bytes(args.json, json.dumps({"settings": settings, "load_average": load,
+                                                      "rows": rows}, indent=1).encode())
+            print(f"\nwrote {args.json}")
     finally:
         if not args.workdir:
             shutil.rmtree(work, ignore_errors=True)
