@@ -256,6 +256,15 @@ def upload_dir(spec: Spec, client: Any, local: Path, threads: int = 8) -> tuple[
     return len(sizes), sum(sizes)
 
 
+# Tar shards (WebDataset layout), shared by the webdataset and s3torch_iterable peers.
+SHARD_PATTERN = "shard-%06d.tar"
+
+
+def shard_count(spec: Spec) -> int:
+    """Shards of ``spec.shard_size`` images that hold the whole dataset."""
+    return -(-len(spec.entries()) // spec.shard_size)
+
+
 def write_order(spec: Spec) -> list[int]:
     """The order the shard writers store the images in: a seeded permutation of the index.
 

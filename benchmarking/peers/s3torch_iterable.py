@@ -17,7 +17,6 @@ reused; otherwise plain tar files are written with ``tarfile``.
 from __future__ import annotations
 
 import io
-import math
 import random
 import tarfile
 from typing import Any, Iterator
@@ -25,15 +24,11 @@ from typing import Any, Iterator
 import torch.utils.data as tud
 
 from benchmarking.peers._common import (Recipe, Spec, download_images, fresh_dir, is_prepared, log,
-                                        loader_kwargs, mark_prepared, main, prepared_tag, s3_client, timed_epoch,
-                                        upload_dir, write_order)
+                                        loader_kwargs, mark_prepared, main, prepared_tag, s3_client, shard_count,
+                                        SHARD_PATTERN, timed_epoch, upload_dir, write_order)
 
 PEER = "s3torch_iterable"
-PATTERN = "shard-%06d.tar"
-
-
-def shard_count(spec: Spec) -> int:
-    return math.ceil(len(spec.entries()) / spec.shard_size)
+PATTERN = SHARD_PATTERN
 
 
 def _add(tar: tarfile.TarFile, name: str, data: bytes) -> None:

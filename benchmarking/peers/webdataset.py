@@ -14,19 +14,14 @@ The JPEG bytes are decoded by the shared recipe (same code as every peer) instea
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 from benchmarking.peers._common import (Recipe, Spec, download_images, fresh_dir, is_prepared, log,
-                                        loader_kwargs, mark_prepared, main, prepared_tag, s3_client, timed_epoch,
-                                        upload_dir, write_order)
+                                        loader_kwargs, mark_prepared, main, prepared_tag, s3_client, shard_count,
+                                        SHARD_PATTERN, timed_epoch, upload_dir, write_order)
 
 PEER = "webdataset"
-PATTERN = "shard-%06d.tar"
-
-
-def shard_count(spec: Spec) -> int:
-    return math.ceil(len(spec.entries()) / spec.shard_size)
+PATTERN = SHARD_PATTERN
 
 
 def prepare(spec: Spec, version: str) -> dict[str, Any]:

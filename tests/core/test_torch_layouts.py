@@ -46,28 +46,21 @@ with warnings.catch_warnings(record=True) as caught:
             assert x[:, 0].tolist() == list(range(24)), (impl, epoch, x[:, 0].tolist())
         out["runs"][impl] = {"peak": int(x[:, 1].max()), "peak_batches": int(x[:, 2].max()),
                              "samples": dl.stats()["samples"]}
-        if start != "none":  # close() mid-epoch: the iterator raises, it never ends quietly or hangs
-            it = iter(dl)
-            next(it)
-            dl.close()
-            try:
-                next(it)
-                out["runs"][impl]["after_close"] = "batch"
-            except StopIteration:
-                out["runs"][impl]["after_close"] = "StopIteration"
-            except Exception as exc:
-                out["runs"][impl]["after_close"] = type(exc).__name__
-            it = iter(dl)  # again, closed after the sampler ran out but before every batch arrived
-            for _ in range(3):
-                next(it)
-            dl.close()
-            try:
-                next(it)
-                out["runs"][impl]["after_late_close"] = "batch"
-            except StopIteration:
-                out["runs"][impl]["after_late_close"] = "StopIteration"
-            except Exception as exc:
-                out["runs"][impl]["after_late_close"] = type(exc).__name__
+        if start != "none":
+            # close() mid-epoch, then again after the sampler ran out but before every batch arrived:
+            # the iterator raises, it never ends quietly or hangs
+            for name, taken in (("after_close", 1), ("after_late_close", 3)):
+                it = iter(dl)
+                for _ in range(taken):
+                    next(it)
+                dl.close()
+                try:
+                    next(it)
+                    out["runs"][impl][name] = "batch"
+                except StopIteration:
+                    out["runs"][impl][name] = "StopIteration"
+                except Exception as exc:
+                    out["runs"][impl][name] = type(exc).__name__
         dl.close()
 out["warnings"] = [str(w.message) for w in caught
                    if issubclass(w.category, RuntimeWarning) and "concurrent_dataloader" in str(w.message)]
