@@ -224,8 +224,9 @@ def test_accessor_overlaps_the_fetches_of_a_batch_on_s3(latency_s3, s3_client, s
     assert [bytes(b[:1]) for b in batch] == [bytes([k]) for k in range(16)]
     assert [len(b) for b in batch] == [100 + k for k in range(16)]
     assert stats.total == 16
-    # Every GET of the batch was in flight at the same time on the server...
-    assert stats.peak >= 16, f"peak concurrent requests {stats.peak}"
+    # The GETs of the batch were in flight together on the server (3/4 of them at least: on a loaded
+    # machine the first may finish before the last is sent; a serial accessor peaks at 1)...
+    assert stats.peak >= 12, f"peak concurrent requests {stats.peak}"
     # ...so the batch costs about one round trip, not 16 of them.
     assert elapsed < 0.5 * 16 * PROXY_LATENCY_S, f"batch took {elapsed:.3f}s"
 

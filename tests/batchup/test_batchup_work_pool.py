@@ -149,7 +149,9 @@ def test_closing_the_iterator_cancels_queued_work(kind, tmp_path):
             assert next(it2)[0].tolist() == list(range(50))
         seen = _calls(tmp_path)
         time.sleep(0.4)
-        assert _calls(tmp_path) <= seen + 3
+        # Only tasks already running (2 workers) or in the process pool's call queue (workers + 1)
+        # may finish after the block; the buffered rest never starts.
+        assert _calls(tmp_path) <= seen + 2 + 3
 
 
 @pytest.mark.parametrize("kind", POOLS)
