@@ -23,6 +23,13 @@ N, BS = 22, 4
 EXPECTED = [list(range(i, min(i + BS, N))) for i in range(0, N, BS)]
 
 
+def impl_and_context(spawn_impl: str) -> list:
+    """Both fetch_impls with fork; with spawn (seconds per worker: it imports torch) only
+    ``spawn_impl`` runs by default, the other under ``-m slow``."""
+    return [pytest.param(impl, ctx, marks=[pytest.mark.slow] if ctx == "spawn" and impl != spawn_impl else [])
+            for impl in IMPLS for ctx in ("fork", "spawn")]
+
+
 def ids(batches) -> list[list[int]]:
     return [b["x"][:, 0].tolist() for b in batches]
 
@@ -46,8 +53,7 @@ def _children() -> int:
     return len(psutil.Process().children(recursive=True))
 
 
-@pytest.mark.parametrize("context", ["fork", "spawn"])
-@pytest.mark.parametrize("fetch_impl", IMPLS)
+@pytest.mark.parametrize("fetch_impl,context", impl_and_context("threaded"))
 def test_dropped_loader_keeps_iterator_working(fetch_impl, context):
     before = baseline()
     it = iter(make(fetch_impl, context=context))
@@ -62,13 +68,13 @@ def test_dropped_loader_keeps_iterator_working(fetch_impl, context):
 def test_enumerate_iter_of_a_temporary_loader(fetch_impl, num_workers, persistent):
     got = []
     for i, batch in enumerate(iter(make(fetch_impl, num_workers, persistent=persistent))):
-        gc.collect()
+        if i == 0:
+            gc.collect()  # the loader is garbage from the start: collect it once, mid-epoch
         got.append((i, batch["x"][:, 0].tolist()))
     assert got == list(enumerate(EXPECTED))
 
 
-@pytest.mark.parametrize("context", ["fork", "spawn"])
-@pytest.mark.parametrize("fetch_impl", IMPLS)
+@pytest.mark.parametrize("fetch_impl,context", impl_and_context("asyncio"))
 def test_two_interleaved_iterators_of_dropped_loaders(fetch_impl, context):
     a = iter(make(fetch_impl, context=context))
     b = iter(make(fetch_impl, context=context, n=2 * N))
@@ -100,8 +106,7 @@ def test_held_iterator_keeps_workers_until_it_is_gone(fetch_impl):
     assert_no_leaks(before, timeout=20)  # loader and iterator gone: workers stop
 
 
-@pytest.mark.parametrize("context", ["fork", "spawn"])
-@pytest.mark.parametrize("fetch_impl", IMPLS)
+@pytest.mark.parametrize("fetch_impl,context", impl_and_context("asyncio"))
 def test_close_mid_epoch_raises_then_a_later_epoch_works(fetch_impl, context):
     before = baseline()
     dl = make(fetch_impl, context=context)

@@ -25,8 +25,12 @@ def test_worker_info_and_init_fn(fetch_impl):
     assert set(rows[:, 4].tolist()) == {1}
 
 
-@pytest.mark.parametrize("context", ["fork", "spawn", "forkserver"])
-@pytest.mark.parametrize("fetch_impl", ["threaded", "asyncio"])
+# fork with both fetch_impls; spawn and forkserver (seconds: each worker imports torch) with one
+# fetch_impl each by default, the other under ``-m slow``.
+@pytest.mark.parametrize("context,fetch_impl", [
+    pytest.param(ctx, impl, marks=[pytest.mark.slow] if (ctx, impl) in {("spawn", "asyncio"), ("forkserver", "threaded")}
+                 else [])
+    for ctx in ("fork", "spawn", "forkserver") for impl in ("threaded", "asyncio")])
 def test_start_methods_with_persistent_workers_and_pin_memory(context, fetch_impl):
     ds = RangeDataset(30)
     dl = DataLoader(ds, batch_size=4, num_workers=2, multiprocessing_context=context, persistent_workers=True,
