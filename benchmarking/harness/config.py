@@ -198,7 +198,10 @@ class BenchConfig:
     # reports the median with min and max; targets compare per-round pairs (see checks.py).
     repeats: int = _opt(3, "measure", cast=_positive)
     images: int = _opt(0, "measure")             # images per run (one epoch); 0 = all; a point's `images` wins
-    poll_s: float = _opt(0.05, "measure")        # process-tree polling interval (PSS, CPU)
+    poll_s: float = _opt(0.05, "measure")        # process-tree CPU polling interval
+    # PSS polling interval: slower on purpose, reading PSS stalls the polled process (see
+    # NOTE [ Outside measurement ] in measure.py)
+    pss_poll_s: float = _opt(0.5, "measure")
     # Extra rounds for the grid points behind a target that is inconclusive (its margin is inside
     # the rounds' spread) or lands within ``confirm_margin`` of its threshold.
     confirm_rounds: int = _opt(0, "measure", cast=_non_negative)

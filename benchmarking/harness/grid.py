@@ -124,7 +124,7 @@ class _Session:
             server.configure(latency_ms=spec.latency_ms, jitter_ms=cfg.jitter_ms if spec.latency_ms > 0 else 0.0)
             server.reset_stats()
         res = run_measured(cmd + ["--spec", str(path)], env=self.env, cwd=str(REPO_ROOT), poll_s=cfg.poll_s,
-                           timeout=cfg.run_timeout_s)
+                           pss_poll_s=cfg.pss_poll_s, timeout=cfg.run_timeout_s)
         stats = server.stats() if server is not None else None
         out = res["result"] or {}
         if res["timed_out"]:

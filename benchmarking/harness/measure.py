@@ -4,7 +4,11 @@ runs in a subprocess; and the decode+transform CPU per image (a micro-benchmark,
 NOTE [ Outside measurement ]: every row (ours, stock torch, each peer) is one subprocess running one
 epoch, and is measured here the same way:
 - peak PSS: the largest sum of ``memory_full_info().pss`` over the tree (the runner and every
-  descendant: DataLoader workers, their threads' memory), polled every ``poll_s``;
+  descendant: DataLoader workers, their threads' memory), polled every ``pss_poll_s`` (0.5 s).
+  Not faster: reading a process's PSS (``/proc/<pid>/smaps_rollup``) walks its page tables under
+  its memory-map lock, which stalls that process's page faults. Polled at 20 Hz it cost our
+  2-worker loader 10-20% of its img/s and 32 single-threaded torch workers nothing measurable
+  (``python -m benchmarking.misc.poll_ab``, result ``docs/results/poll_ab.json``);
 - CPU: each poll records the tree's cumulative CPU, ``cpu_times()`` user+system plus the reaped
   children's (so a worker that exits between polls is not lost); the CPU of the steady part of the
   epoch is the difference between the samples at the runner's ``t_first_batch`` and ``t_end``.
@@ -28,31 +32,34 @@ __all__ = ["TreeSample", "run_measured", "cpu_between", "measure_decode_ms"]
 TreeSample = tuple[float, float, float]  # (time.time(), cumulative CPU s, PSS bytes)
 
 
-def _tree_sample(root: Any, cache: dict[int, Any]) -> TreeSample | None:
-    """One poll of the process tree under ``root`` (a psutil.Process); None once it is gone."""
+def _tree_sample(root: Any, cache: dict[int, Any], pss: bool = True) -> TreeSample | None:
+    """One poll of the process tree under ``root`` (a psutil.Process); None once it is gone.
+    Without ``pss`` the sample's PSS is 0 (only the cheap CPU counters are read)."""
     import psutil
 
     try:
         procs = [root] + root.children(recursive=True)
     except psutil.Error:
         return None
-    cpu = pss = 0.0
+    cpu = total_pss = 0.0
     for proc in procs:
         proc = cache.setdefault(proc.pid, proc)  # keep one Process per pid (psutil caches its create time)
         try:
             with proc.oneshot():
                 t = proc.cpu_times()
                 cpu += t.user + t.system + t.children_user + t.children_system
-                pss += proc.memory_full_info().pss
+                if pss:
+                    total_pss += proc.memory_full_info().pss
         except psutil.Error:
             continue
-    return time.time(), cpu, pss
+    return time.time(), cpu, total_pss
 
 
 def run_measured(cmd: list[str], *, env: dict[str, str] | None = None, cwd: str | None = None, poll_s: float = 0.05,
-                 timeout: float = 600.0) -> dict[str, Any]:
+                 pss_poll_s: float | None = 0.5, timeout: float = 600.0) -> dict[str, Any]:
     """Run ``cmd`` to completion while polling its tree (NOTE [ Outside measurement ]).
 
+    CPU is polled every ``poll_s``, PSS every ``pss_poll_s`` (None: never, peak_pss_mb is then 0).
     Returns ``{"rc", "result" (the last JSON line of stdout, or None), "stderr" (its tail),
     "peak_pss_mb", "samples", "cpu_total_s", "timed_out"}``.
     """
@@ -74,11 +81,15 @@ def run_measured(cmd: list[str], *, env: dict[str, str] | None = None, cwd: str 
             root = None
         deadline = time.monotonic() + timeout
         timed_out = False
+        next_pss = time.monotonic()  # the first poll reads PSS too
         while proc.poll() is None:
             if root is not None:
-                s = _tree_sample(root, cache)
+                with_pss = pss_poll_s is not None and time.monotonic() >= next_pss
+                s = _tree_sample(root, cache, with_pss)
                 if s is not None:
                     samples.append(s)
+                    if with_pss:
+                        next_pss = time.monotonic() + pss_poll_s
             if time.monotonic() > deadline:
                 timed_out = True
                 _kill_tree(proc)

@@ -188,7 +188,7 @@ def test_run_measured_sums_the_process_tree(tmp_path):
         "os.waitpid(pid, 0)\n"
         "print('log line')\n"
         "print(json.dumps({'images': 10, 't_start': t0, 't_end': time.time()}))\n")
-    res = run_measured([sys.executable, str(script)], poll_s=0.02, timeout=60)
+    res = run_measured([sys.executable, str(script)], poll_s=0.02, pss_poll_s=0.02, timeout=60)
     assert res["rc"] == 0 and res["result"]["images"] == 10 and not res["timed_out"]
     assert res["peak_pss_mb"] > 60
     assert res["cpu_total_s"] > 0.1  # a fixed amount of work (~0.5 s of CPU here), not a duration
@@ -304,3 +304,17 @@ def test_aggregate_keeps_the_grid_point():
     spec = RunSpec(loader="torch", num_workers=8, images=0).validate().normalized()
     row = aggregate(spec, [{"round": 0, "status": "ok", "img_per_s": 10.0, "images_read": 2000}])
     assert spec_of(row) == spec and row["images_read"] == 2000
+
+
+def test_pss_is_polled_less_often_than_cpu(tmp_path):
+    """Reading PSS stalls the polled process (NOTE [ Outside measurement ]): it has its own, slower interval."""
+    script = tmp_path / "sleeper.py"
+    script.write_text("import json, time\nt0 = time.time()\ntime.sleep(1.0)\n"
+                      "print(json.dumps({'images': 1, 't_start': t0, 't_end': time.time()}))\n")
+    res = run_measured([sys.executable, str(script)], poll_s=0.02, pss_poll_s=0.3, timeout=60)
+    with_pss = [s for s in res["samples"] if s[2] > 0]
+    assert len(res["samples"]) > 20  # CPU: every 20 ms
+    assert 2 <= len(with_pss) <= 6, len(with_pss)  # PSS: every 0.3 s, the first poll included
+    assert res["peak_pss_mb"] > 1
+    res = run_measured([sys.executable, str(script)], poll_s=0.02, pss_poll_s=None, timeout=60)
+    assert res["peak_pss_mb"] == 0 and all(s[2] == 0 for s in res["samples"])
