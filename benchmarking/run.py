@@ -94,7 +94,8 @@ def format_table(result: dict[str, Any]) -> str:
             f"{_f(r.get('decode_ms_per_img'), '>7.2f'):>7}{_f(r.get('server_gets_per_s'), '>7.0f'):>7}")
     lines.append(f"img/s = median of {result.get('repeats', '?')} interleaved rounds (min-max), steady part of one "
                  "epoch (from the end of the first round of k workers' batches to the last); x torch = vs stock torch at the same workers, storage and latency; "
-                 "PSS MB = peak PSS of the loader's whole process tree; 1st s = time to first batch; CPU/img = CPU "
+                 "PSS MB = peak PSS of the loader's whole process tree (in runs of their own: reading PSS "
+                 "slows a loader); 1st s = time to first batch; CPU/img = CPU "
                  "ms per image of the process tree (steady part); decode = decode+transform micro-benchmark; GET/s "
                  "= the server's. sampling: global = exact global shuffle; buffer N = shuffle buffer; shards = shard "
                  "order shuffle + buffer.")

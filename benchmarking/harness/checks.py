@@ -39,8 +39,9 @@ def ok_rows(rows: list[Row]) -> list[Row]:
 
 
 def _round_values(row: Row, metric: str) -> dict[int, float]:
-    return {r["round"]: r[metric] for r in row.get("rounds", []) if r.get("status") == "ok"
-            and r.get(metric) is not None}
+    # peak PSS is measured in memory rounds of its own (grid.Session.measure)
+    rounds = row.get("memory_rounds", []) if metric == "peak_pss_mb" else row.get("rounds", [])
+    return {r["round"]: r[metric] for r in rounds if r.get("status") == "ok" and r.get(metric) is not None}
 
 
 def verdict(value: float, lo: float, hi: float, target: float, op: str) -> str:

@@ -199,8 +199,10 @@ class BenchConfig:
     repeats: int = _opt(3, "measure", cast=_positive)
     images: int = _opt(0, "measure")             # images per run (one epoch); 0 = all; a point's `images` wins
     poll_s: float = _opt(0.05, "measure")        # process-tree CPU polling interval
-    # PSS polling interval: slower on purpose, reading PSS stalls the polled process (see
-    # NOTE [ Outside measurement ] in measure.py)
+    # Peak PSS is measured in `pss_rounds` extra runs per point, polled every `pss_poll_s`: reading
+    # PSS slows the polled process (NOTE [ Outside measurement ] in measure.py), so the img/s
+    # rounds never read it.
+    pss_rounds: int = _opt(1, "measure", cast=_non_negative)
     pss_poll_s: float = _opt(0.5, "measure")
     # Extra rounds for the grid points behind a target that is inconclusive (its margin is inside
     # the rounds' spread) or lands within ``confirm_margin`` of its threshold.

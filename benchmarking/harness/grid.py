@@ -100,7 +100,9 @@ class _Session:
         return status
 
     # -- one round of one point --------------------------------------------------------------
-    def measure(self, spec: RunSpec, round_: int) -> dict[str, Any]:
+    def measure(self, spec: RunSpec, round_: int, pss: bool = False) -> dict[str, Any]:
+        """One run of ``spec``. PSS is read only with ``pss`` (a memory round): reading it slows the
+        loader (NOTE [ Outside measurement ] in measure.py), so img/s rounds never do."""
         cfg, server = self.cfg, self.server
         row: dict[str, Any] = {"round": round_, "load_avg": round(os.getloadavg()[0], 2)}
         if spec.is_peer:
@@ -124,7 +126,8 @@ class _Session:
             server.configure(latency_ms=spec.latency_ms, jitter_ms=cfg.jitter_ms if spec.latency_ms > 0 else 0.0)
             server.reset_stats()
         res = run_measured(cmd + ["--spec", str(path)], env=self.env, cwd=str(REPO_ROOT), poll_s=cfg.poll_s,
-                           pss_poll_s=cfg.pss_poll_s, timeout=cfg.run_timeout_s)
+                           pss_poll_s=cfg.pss_poll_s if pss else None,
+                           timeout=cfg.run_timeout_s)
         stats = server.stats() if server is not None else None
         out = res["result"] or {}
         if res["timed_out"]:
@@ -136,7 +139,7 @@ class _Session:
         ips, cpu, window = _steady(spec, out, res["samples"])
         row.update(status="ok", images_read=images, seconds=round(wall, 3), img_per_s=ips, epoch_img_per_s=images / wall,
                    steady_window=window,
-                   first_batch_s=first, peak_pss_mb=res["peak_pss_mb"], sampling=out.get("sampling", "?"),
+                   first_batch_s=first, peak_pss_mb=res["peak_pss_mb"] if pss else None, sampling=out.get("sampling", "?"),
                    loader_cpu_ms_per_img=cpu if cpu is not None else res["cpu_total_s"] / images * 1e3,
                    cpu_whole_process=cpu is None, process_cpu_s=round(res["cpu_total_s"], 2))
         if stats is not None and spec.storage == "s3":
@@ -176,10 +179,11 @@ def _steady(spec: RunSpec, out: dict[str, Any], samples: list) -> tuple[float, f
     return (n1 - n0) / (t1 - t0), (cpu_s / (n1 - n0) * 1e3 if cpu_s is not None else None), window
 
 
-def aggregate(spec: RunSpec, rounds: list[dict[str, Any]]) -> dict[str, Any]:
+def aggregate(spec: RunSpec, rounds: list[dict[str, Any]],
+              memory_rounds: list[dict[str, Any]] | None = None) -> dict[str, Any]:
     """One row per grid point: medians of its rounds (with min and max img/s); the status is "ok" only
-    when every round was, else the first failure."""
-    row: dict[str, Any] = {**asdict(spec), "rounds": rounds}
+    when every round was, else the first failure. ``peak_pss_mb`` comes from the memory rounds."""
+    row: dict[str, Any] = {**asdict(spec), "rounds": rounds, "memory_rounds": memory_rounds or []}
     bad = [r for r in rounds if r.get("status") != "ok"]
     good = [r for r in rounds if r.get("status") == "ok"]
     row["status"] = bad[0]["status"] if bad else ("ok" if good else "not run")
@@ -189,6 +193,9 @@ def aggregate(spec: RunSpec, rounds: list[dict[str, Any]]) -> dict[str, Any]:
             vals = [r[k] for r in good if r.get(k) is not None]
             if vals:
                 row[k] = statistics.median(vals)
+        pss = [r["peak_pss_mb"] for r in memory_rounds or [] if r.get("status") == "ok" and r.get("peak_pss_mb")]
+        if pss:
+            row["peak_pss_mb"] = statistics.median(pss)
         row["img_per_s_min"] = min(r["img_per_s"] for r in good)
         row["img_per_s_max"] = max(r["img_per_s"] for r in good)
         row["img_per_s_rounds"] = [round(r["img_per_s"], 1) for r in good]
@@ -278,7 +285,18 @@ def run_benchmark(cfg: BenchConfig, data_root: Path, progress: bool = True,
             bar.close()
 
         rounds(cfg.runs, cfg.repeats, cfg.name)
-        rows = [aggregate(s, attempts[s]) for s in cfg.runs]
+        memory: dict[RunSpec, list[dict[str, Any]]] = {r: [] for r in cfg.runs}
+        bar = tqdm(total=len(cfg.runs) * cfg.pss_rounds, desc="memory", unit="run", disable=not progress)
+        for n in range(cfg.pss_rounds):  # peak PSS, in runs of their own (see Session.measure)
+            for spec_ in cfg.runs:
+                if any(r.get("status") == "ok" for r in attempts[spec_]):
+                    try:
+                        memory[spec_].append(session.measure(spec_, n, pss=True))
+                    except Exception as exc:
+                        memory[spec_].append({"round": n, "status": f"error: {type(exc).__name__}: {str(exc)[:300]}"})
+                bar.update(1)
+        bar.close()
+        rows = [aggregate(s, attempts[s], memory[s]) for s in cfg.runs]
         out["confirmed"] = []
         if cfg.confirm_rounds:
             close = close_calls(ratios_and_checks(rows, cfg.targets, out["client_cpu"]), cfg.confirm_margin)
@@ -288,7 +306,7 @@ def run_benchmark(cfg: BenchConfig, data_root: Path, progress: bool = True,
                     f"{cfg.confirm_rounds} more round(s) of the {len(specs)} runs they compare")
                 rounds(specs, cfg.confirm_rounds, "confirm")
                 out["confirmed"] = [c["check"] for c in close]
-                rows = [aggregate(s, attempts[s]) for s in cfg.runs]
+                rows = [aggregate(s, attempts[s], memory[s]) for s in cfg.runs]
         out["load_avg_end"] = os.getloadavg()
         for row in rows:
             _split_cpu(row, out)

@@ -4,11 +4,13 @@ runs in a subprocess; and the decode+transform CPU per image (a micro-benchmark,
 NOTE [ Outside measurement ]: every row (ours, stock torch, each peer) is one subprocess running one
 epoch, and is measured here the same way:
 - peak PSS: the largest sum of ``memory_full_info().pss`` over the tree (the runner and every
-  descendant: DataLoader workers, their threads' memory), polled every ``pss_poll_s`` (0.5 s).
-  Not faster: reading a process's PSS (``/proc/<pid>/smaps_rollup``) walks its page tables under
-  its memory-map lock, which stalls that process's page faults. Polled at 20 Hz it cost our
-  2-worker loader 10-20% of its img/s and 32 single-threaded torch workers nothing measurable
-  (``python -m benchmarking.misc.poll_ab``, result ``docs/results/poll_ab.json``);
+  descendant: DataLoader workers, their threads' memory), polled every ``pss_poll_s`` (0.5 s), in
+  runs of its own: reading a process's PSS (``/proc/<pid>/smaps_rollup``) walks its page tables
+  under its memory-map lock and stalls it. A loader with 2 worker processes has no slack to absorb
+  that; 32 torch workers do. Polled at 20 Hz, as the harness first did, it cost ours 0.85x of its
+  img/s and stock torch nothing measurable; every 0.5 s still 0.94x (``python -m
+  benchmarking.misc.poll_ab``, ``docs/results/poll_ab.json``). So the img/s rounds read no PSS, and
+  ``measure.pss_rounds`` extra runs per point measure the peak (a plateau: 0.5 s finds it);
 - CPU: each poll records the tree's cumulative CPU, ``cpu_times()`` user+system plus the reaped
   children's (so a worker that exits between polls is not lost); the CPU of the steady part of the
   epoch is the difference between the samples at the runner's ``t_first_batch`` and ``t_end``.

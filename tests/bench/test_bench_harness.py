@@ -129,11 +129,13 @@ def _rounds(*values, metric="img_per_s", **extra):
 
 def _prow(loader, ips_rounds, lat=50, nw=2, status=None, pss=None, **spec):
     s = RunSpec(storage="s3", latency_ms=lat, loader=loader, num_workers=nw, **spec).validate().normalized()
-    rounds = [{"round": i, "status": "ok", "img_per_s": v, "peak_pss_mb": (pss or [100] * 9)[i],
+    rounds = [{"round": i, "status": "ok", "img_per_s": v, "peak_pss_mb": None,
                "loader_cpu_ms_per_img": 4.0} for i, v in enumerate(ips_rounds)]
+    # peak PSS comes from memory rounds of its own (the img/s rounds read none)
+    memory = [{"round": i, "status": "ok", "peak_pss_mb": (pss or [100] * 9)[i]} for i in range(len(ips_rounds))]
     if status:
         rounds[-1] = {"round": len(rounds) - 1, "status": status}
-    return aggregate(s, rounds)
+    return aggregate(s, rounds, memory)
 
 
 def test_verdicts_pair_rounds_and_report_inconclusive():
@@ -241,6 +243,10 @@ def test_harness_micro_config_end_to_end(tmp_path, capsys, monkeypatch):
     assert rows[2]["decoder"] == "torchvision"
     assert rows[3]["status"].startswith("n/a:"), rows[3]
     result = json.loads((out / "results.json").read_text())
+    for row in result["rows"][:3]:  # img/s rounds read no PSS; one memory round per point does
+        assert all(r["peak_pss_mb"] is None for r in row["rounds"])
+        assert [r["peak_pss_mb"] > 50 for r in row["memory_rounds"]] == [True]
+    assert result["rows"][3]["memory_rounds"] == []  # not installed: nothing to measure
     by = {c["target_key"]: c for c in result["checks"]}
     assert by["vs_best_torch"]["status"] == "PASS"
     assert by["vs_best_streaming_peer"]["status"] == "missing"
