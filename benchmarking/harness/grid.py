@@ -265,37 +265,32 @@ def run_benchmark(cfg: BenchConfig, data_root: Path, progress: bool = True,
         out["peer_prepare"] = session.peer_prepare
 
         attempts: dict[RunSpec, list[dict[str, Any]]] = {r: [] for r in cfg.runs}
+        memory: dict[RunSpec, list[dict[str, Any]]] = {r: [] for r in cfg.runs}
         out["load_avg_start"] = os.getloadavg()
 
-        def rounds(specs: list[RunSpec], n: int, desc: str) -> None:
+        def rounds(specs: list[RunSpec], n: int, desc: str, into: dict[RunSpec, list[dict[str, Any]]],
+                   pss: bool = False) -> None:
+            """``n`` rounds over ``specs``, appended to ``into``; ``pss``: memory rounds (peak PSS in runs
+            of their own, see _Session.measure), only for points with an img/s round that worked."""
             bar = tqdm(total=len(specs) * n, desc=desc, unit="run", disable=not progress)
             for _ in range(n):
                 for spec_ in specs:
                     bar.set_postfix_str(f"{spec_.storage} {spec_.latency_ms:g}ms {spec_.label()}")
-                    done = attempts[spec_]
-                    if done and str(done[0].get("status", "")).startswith("n/a"):
-                        bar.update(1)  # not installed / not applicable: do not retry
+                    done, measured = into[spec_], attempts[spec_]
+                    if (measured and str(measured[0].get("status", "")).startswith("n/a")) or \
+                            (pss and not any(r.get("status") == "ok" for r in measured)):
+                        bar.update(1)  # not installed / not applicable / nothing to measure: do not retry
                         continue
                     try:
-                        row = session.measure(spec_, len(done))
+                        row = session.measure(spec_, len(done), pss=pss)
                     except Exception as exc:  # one broken point must not lose the others
                         row = {"round": len(done), "status": f"error: {type(exc).__name__}: {str(exc)[:300]}"}
                     done.append(row)
                     bar.update(1)
             bar.close()
 
-        rounds(cfg.runs, cfg.repeats, cfg.name)
-        memory: dict[RunSpec, list[dict[str, Any]]] = {r: [] for r in cfg.runs}
-        bar = tqdm(total=len(cfg.runs) * cfg.pss_rounds, desc="memory", unit="run", disable=not progress)
-        for n in range(cfg.pss_rounds):  # peak PSS, in runs of their own (see Session.measure)
-            for spec_ in cfg.runs:
-                if any(r.get("status") == "ok" for r in attempts[spec_]):
-                    try:
-                        memory[spec_].append(session.measure(spec_, n, pss=True))
-                    except Exception as exc:
-                        memory[spec_].append({"round": n, "status": f"error: {type(exc).__name__}: {str(exc)[:300]}"})
-                bar.update(1)
-        bar.close()
+        rounds(cfg.runs, cfg.repeats, cfg.name, attempts)
+        rounds(cfg.runs, cfg.pss_rounds, "memory", memory, pss=True)
         rows = [aggregate(s, attempts[s], memory[s]) for s in cfg.runs]
         out["confirmed"] = []
         if cfg.confirm_rounds:
@@ -304,7 +299,7 @@ def run_benchmark(cfg: BenchConfig, data_root: Path, progress: bool = True,
             if specs:
                 log(f"{len(close)} target(s) inconclusive or within {cfg.confirm_margin:.0%} of the threshold: "
                     f"{cfg.confirm_rounds} more round(s) of the {len(specs)} runs they compare")
-                rounds(specs, cfg.confirm_rounds, "confirm")
+                rounds(specs, cfg.confirm_rounds, "confirm", attempts)
                 out["confirmed"] = [c["check"] for c in close]
                 rows = [aggregate(s, attempts[s], memory[s]) for s in cfg.runs]
         out["load_avg_end"] = os.getloadavg()
